@@ -1,0 +1,37 @@
+# Quick start: `make serve` (serves the committed models on http://127.0.0.1:8000), `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Reinstalled whenever pyproject.toml changes or the venv is missing or broken.
+STAMP := $(VENV)/.installed
+DATA ?= ../shared/data/mnist-train.npz
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: venv serve test test-slow lint train bench clean
+
+$(STAMP): pyproject.toml
+	@$(BIN)/python -c "import sys" 2>/dev/null || (rm -rf $(VENV) && $(PYTHON) -m venv $(VENV))
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/python -m app --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+test-slow: $(STAMP)
+	DIGITS_MNIST=$(DATA) $(BIN)/python -m pytest -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+train: $(STAMP)
+	$(BIN)/python -m training --style all --data $(DATA)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

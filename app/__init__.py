@@ -1,0 +1,1 @@
+"""The inference service: FastAPI app serving the exported SavedModels."""

@@ -1,0 +1,32 @@
+"""`python -m app [--host H] [--port P]`: serve the models with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from app.main import create_app
+from app.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = Settings()
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    parser.add_argument("--host", default=settings.host)
+    parser.add_argument("--port", type=int, default=settings.port)
+    parser.add_argument("--model-dir", default=None, help="overrides DIGITS_MODEL_DIR")
+    args = parser.parse_args(argv)
+    if args.model_dir:
+        settings = settings.model_copy(update={"model_dir": args.model_dir})
+    uvicorn.run(
+        create_app(settings), host=args.host, port=args.port, log_level=settings.log_level,
+        loop="uvloop", http="httptools",
+        # The app logs each request itself, with its model and image count.
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+
+
+if __name__ == "__main__":
+    main()

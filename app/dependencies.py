@@ -1,0 +1,28 @@
+"""Request-scoped access to what the lifespan built."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.observability import Metrics
+from app.service import PredictionService
+from app.settings import Settings
+
+
+def get_service(request: Request) -> PredictionService:
+    return request.state.service
+
+
+def get_settings(request: Request) -> Settings:
+    return request.state.settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.state.metrics
+
+
+ServiceDep = Annotated[PredictionService, Depends(get_service)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -1,0 +1,121 @@
+"""The FastAPI application factory.
+
+`uvicorn app.main:app` serves an app built from the environment's `DIGITS_*` settings;
+tests and embedders call `create_app(Settings(...))`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.batching import QueueFull
+from app.observability import AccessLogMiddleware, Metrics
+from app.registry import ModelNotFound
+from app.routers import health, models, predict
+from app.settings import Settings
+from app.uploads import UploadError
+from digit_contract import Style
+
+logger = logging.getLogger("digits")
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Imported here so that building the app (and `import app.main`) stays cheap.
+        from app.devices import select_device
+        from app.registry import load_registry
+        from app.service import PredictionService
+
+        device = select_device(settings.device)
+        logger.info("loading models from %s on %s", settings.model_dir, device)
+        registry = await run_in_threadpool(load_registry, settings.model_dir, device)
+        for model in registry.loaded.values():
+            metrics.model_info.labels(model.style.value, str(model.version), model.device).set(1)
+        service = PredictionService(registry, settings, metrics)
+        service.start()
+        logger.info("serving %s", ", ".join(f"{m.style.value} v{m.version} on {m.device}"
+                                            for m in registry.loaded.values()) or "no model")
+        try:
+            yield {"service": service, "settings": settings, "metrics": metrics}
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title="digit-service",
+        summary="Handwritten-digit recognition by three Keras CNN styles, for real-world images.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.add_middleware(AccessLogMiddleware, metrics=metrics, log=settings.access_log)
+    add_error_handlers(app)
+    app.include_router(predict.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(UploadError)
+    async def upload_error(request: Request, error: UploadError) -> JSONResponse:
+        return JSONResponse(status_code=error.status_code, content={"detail": error.detail})
+
+    @app.exception_handler(ModelNotFound)
+    async def model_not_found(request: Request, error: ModelNotFound) -> JSONResponse:
+        status = 503 if error.status == "failed" else 404
+        return JSONResponse(status_code=status, content={"detail": str(error)})
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, error: QueueFull) -> JSONResponse:
+        request.state.service.metrics.shed.labels(request.state.model).inc()
+        return JSONResponse(status_code=503, content={"detail": str(error)},
+                            headers={"Retry-After": str(error.retry_after_s)})
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        # An unknown style is a missing resource (404), not a malformed request (422).
+        for problem in error.errors():
+            if problem.get("type") == "enum" and tuple(problem["loc"]) in (
+                    ("path", "style"), ("query", "model")):
+                return JSONResponse(status_code=404, content={"detail": (
+                    f"Unknown model '{problem.get('input')}'. Available styles: "
+                    f"{', '.join(s.value for s in Style)}.")})
+        return await request_validation_exception_handler(request, error)
+
+
+def configure_logging(level: str) -> None:
+    """Log lines from the `digits` loggers to stderr, once per process."""
+    root = logging.getLogger("digits")
+    root.setLevel(level.upper())
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        root.addHandler(handler)
+        root.propagate = False
+
+
+@functools.cache
+def _default_app() -> FastAPI:
+    return create_app()
+
+
+def __getattr__(name: str):
+    # `app.main:app` is built on first access, not at import: importing the module never
+    # reads the environment or loads TensorFlow.
+    if name == "app":
+        return _default_app()
+    raise AttributeError(name)

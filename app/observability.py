@@ -1,0 +1,94 @@
+"""Prometheus metrics and the one-line-per-request access log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access_logger = logging.getLogger("digits.access")
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """All of the service's metrics, in a registry of their own (one per app instance)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("digits_http_requests_total", "HTTP requests.",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("digits_http_request_duration_seconds", "HTTP request latency.",
+                                 ["method", "route", "status"], buckets=LATENCY_BUCKETS,
+                                 registry=self.registry)
+        self.images_per_request = Histogram("digits_images_per_request",
+                                            "Images in each prediction request.", ["model"],
+                                            buckets=COUNT_BUCKETS, registry=self.registry)
+        self.inference = Histogram("digits_inference_seconds", "Seconds per model call.",
+                                   ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram("digits_batch_size", "Images per model call.", ["model"],
+                                    buckets=COUNT_BUCKETS, registry=self.registry)
+        self.queue_seconds = Histogram("digits_queue_seconds",
+                                       "Time a request's images waited for a model call.",
+                                       ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.shed = Counter("digits_requests_shed_total", "Requests refused with 503 because "
+                            "the model's queue was full.", ["model"], registry=self.registry)
+        self.model_info = Gauge("digits_model_loaded", "1 for each served model version.",
+                                ["model", "version", "device"], registry=self.registry)
+
+    def batch_observer(self, model: str):
+        """A callback for the batcher that records one model call."""
+        batch_size = self.batch_size.labels(model)
+        queue_seconds = self.queue_seconds.labels(model)
+        inference = self.inference.labels(model)
+
+        def observe(size: int, waited: float, ran: float) -> None:
+            batch_size.observe(size)
+            queue_seconds.observe(waited)
+            inference.observe(ran)
+
+        return observe
+
+
+class AccessLogMiddleware:
+    """Times every HTTP request, counts it by route template, and logs one JSON line."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, log: bool = True):
+        self.app = app
+        self.metrics = metrics
+        self.log = log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client sees if the app fails before it answers
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            self._record(scope, status, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        method = scope["method"]
+        self.metrics.requests.labels(method, route, str(status)).inc()
+        self.metrics.latency.labels(method, route, str(status)).observe(seconds)
+        if self.log and access_logger.isEnabledFor(logging.INFO):
+            state = scope.get("state") or {}
+            access_logger.info(json.dumps({
+                "method": method, "path": scope["path"], "status": status,
+                "model": state.get("model"), "images": state.get("images"),
+                "latency_ms": round(seconds * 1000, 2),
+            }))

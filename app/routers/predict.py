@@ -1,0 +1,57 @@
+"""Prediction endpoints."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+
+from app.dependencies import ServiceDep, SettingsDep
+from app.schemas import PredictResponse
+from app.uploads import read_uploads
+from digit_contract import Style
+
+router = APIRouter(tags=["predict"])
+
+# The body is read by hand (three accepted forms, size checked while reading), so its
+# schema is described here for the OpenAPI page.
+REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": {
+                "type": "object", "required": ["images"],
+                "properties": {"images": {"type": "array",
+                                          "items": {"type": "string", "format": "byte"}}}}},
+        },
+    }
+}
+
+DebugQuery = Query(False, description="Add the 28x28 image each model saw (base64 PNG).")
+
+
+@router.post("/predict", openapi_extra=REQUEST_BODY, response_model_exclude_none=True)
+async def predict(request: Request, service: ServiceDep, settings: SettingsDep,
+                  model: Style | None = None, debug: bool = DebugQuery) -> PredictResponse:
+    """Classify one or more digit images with the default (or ?model=) style."""
+    return await _predict(request, service, settings, model or settings.default_model, debug)
+
+
+@router.post("/models/{style}/predict", openapi_extra=REQUEST_BODY,
+             response_model_exclude_none=True)
+async def predict_with(request: Request, style: Style, service: ServiceDep,
+                       settings: SettingsDep, debug: bool = DebugQuery) -> PredictResponse:
+    """Classify one or more digit images with the given style."""
+    return await _predict(request, service, settings, style, debug)
+
+
+async def _predict(request: Request, service, settings, style: Style,
+                   debug: bool) -> PredictResponse:
+    request.state.model = style.value
+    service.registry.get(style)  # fail fast, before reading the body, on an unserved model
+    uploads = await read_uploads(request, settings.max_upload_bytes,
+                                 settings.max_images_per_request)
+    request.state.images = len(uploads)
+    return await service.predict(style, uploads, debug)

@@ -1,0 +1,58 @@
+"""Response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from digit_contract import Style
+
+
+class Prediction(BaseModel):
+    digit: int = Field(ge=0, le=9, examples=[7])
+    confidence: float = Field(description="Probability of `digit`.", examples=[0.998])
+    probabilities: list[float] = Field(description="Probability of each digit 0-9.")
+    model_input: str | None = Field(
+        None, description="With ?debug=true: the 28x28 image the model saw, as base64 PNG.")
+
+
+class PredictResponse(BaseModel):
+    model: Style
+    version: int
+    predictions: list[Prediction] = Field(description="One per image, in request order.")
+
+
+class ModelInfo(BaseModel):
+    name: Style
+    status: str = Field(description="ready, missing or failed")
+    version: int | None = None
+    versions: list[int] = Field(default_factory=list, description="Versions found on disk.")
+    device: str | None = None
+    total_params: int | None = None
+    metrics: dict[str, float | int] = Field(default_factory=dict)
+    detail: str | None = Field(None, description="Why a model or a newer version isn't served.")
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class LayerSummary(BaseModel):
+    name: str
+    type: str
+    output_shape: list[int | None] | None
+    params: int
+
+
+class ModelSummary(BaseModel):
+    name: Style
+    version: int
+    class_name: str
+    layers: list[LayerSummary]
+    total_params: int
+    trainable_params: int
+    non_trainable_params: int
+
+
+class Health(BaseModel):
+    status: str
+    models: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,89 @@
+"""Predictions: uploads -> preprocessing (worker threads) -> batched model call -> response."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from app.batching import Batcher
+from app.observability import Metrics
+from app.preprocessing import (
+    ImageError,
+    ImageTooLarge,
+    Prepared,
+    preprocess,
+    set_pillow_pixel_limit,
+)
+from app.registry import LoadedModel, ModelRegistry
+from app.schemas import Prediction, PredictResponse
+from app.settings import Settings
+from app.uploads import Upload, UploadError
+from digit_contract import Style, scale_pixels
+
+
+class PredictionService:
+    """Owns the model registry and one batcher per served model."""
+
+    def __init__(self, registry: ModelRegistry, settings: Settings, metrics: Metrics):
+        self.registry = registry
+        self.settings = settings
+        self.metrics = metrics
+        set_pillow_pixel_limit(settings.max_image_pixels)
+        self.batchers = {
+            style: Batcher(model.predict, max_batch_size=settings.max_batch_size,
+                           timeout_s=settings.batch_timeout_ms / 1000,
+                           max_queue_images=settings.max_queue_images, name=style.value,
+                           observe=metrics.batch_observer(style.value))
+            for style, model in registry.loaded.items()
+        }
+
+    def start(self) -> None:
+        for batcher in self.batchers.values():
+            batcher.start()
+
+    async def stop(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.stop()
+
+    async def predict(self, style: Style, uploads: list[Upload], debug: bool) -> PredictResponse:
+        model = self.registry.get(style)
+        self.metrics.images_per_request.labels(style.value).observe(len(uploads))
+        prepared = await run_in_threadpool(prepare_all, uploads, self.settings.max_image_pixels)
+        images = scale_pixels(np.stack([p.pixels for p in prepared]))[..., np.newaxis]
+        probabilities = await self.batchers[style].submit(images)
+        return build_response(model, probabilities, prepared if debug else None)
+
+
+def prepare_all(uploads: list[Upload], max_pixels: int) -> list[Prepared]:
+    """Preprocess every upload; the first bad one fails the request, named in the message."""
+    prepared = []
+    for upload in uploads:
+        try:
+            prepared.append(preprocess(upload.data, max_pixels))
+        except ImageTooLarge as error:
+            raise UploadError(413, f"{upload.label}: {error}") from error
+        except ImageError as error:
+            raise UploadError(400, f"{upload.label}: {error}") from error
+    return prepared
+
+
+def build_response(model: LoadedModel, probabilities: np.ndarray,
+                   prepared: list[Prepared] | None) -> PredictResponse:
+    digits = probabilities.argmax(axis=1)
+    rounded = probabilities.astype(np.float64).round(6).tolist()
+    predictions = [
+        Prediction(digit=int(digit), confidence=row[digit], probabilities=row,
+                   model_input=encode_png(prepared[i].pixels) if prepared else None)
+        for i, (digit, row) in enumerate(zip(digits, rounded, strict=True))
+    ]
+    return PredictResponse(model=model.style, version=model.version, predictions=predictions)
+
+
+def encode_png(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,39 @@
+"""Service configuration: one class, read from `DIGITS_*` environment variables."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from digit_contract import Style
+
+
+class DeviceChoice(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DIGITS_", protected_namespaces=())
+
+    model_dir: Path = Field(Path("models"), description="Where models/<style>/<version>/ live.")
+    device: DeviceChoice = Field(
+        DeviceChoice.auto, description="auto: first GPU if any, else CPU; gpu: fail without one.")
+    default_model: Style = Field(Style.sequential, description="Style used by POST /predict.")
+    max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest request body.")
+    max_images_per_request: int = Field(256, gt=0)
+    max_image_pixels: int = Field(
+        40_000_000, gt=0, description="Largest width x height decoded (decompression bombs).")
+    max_batch_size: int = Field(128, gt=0, description="Most images in one model call.")
+    batch_timeout_ms: float = Field(2.0, ge=0,
+                                    description="Longest wait for more images to fill a batch.")
+    max_queue_images: int = Field(4096, gt=0,
+                                  description="Images waiting per model before 503 + Retry-After.")
+    log_level: str = Field("info", description="debug, info, warning or error.")
+    access_log: bool = Field(True, description="One JSON log line per request.")
+    host: str = Field("127.0.0.1", description="Bind address for `python -m app`.")
+    port: int = Field(8000, description="Port for `python -m app`.")

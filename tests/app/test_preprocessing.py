@@ -1,0 +1,198 @@
+"""Each preprocessing step on images the tests draw themselves."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app import preprocessing as pp
+from tests.images import draw_one, encode, seven
+
+MAX_PIXELS = 40_000_000
+
+
+def center_of_mass(pixels: np.ndarray) -> tuple[float, float]:
+    rows, cols = np.indices(pixels.shape)
+    total = pixels.sum()
+    return (rows * pixels).sum() / total, (cols * pixels).sum() / total
+
+
+def ink_box(pixels: np.ndarray, threshold: float = 0) -> tuple[int, int]:
+    rows = np.where(pixels.max(axis=1) > threshold)[0]
+    cols = np.where(pixels.max(axis=0) > threshold)[0]
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+# --- decode -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("format", ["PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF"])
+def test_decode_reads_every_common_format(format):
+    data = encode(draw_one().convert("RGB"), format)
+    assert pp.decode(data, MAX_PIXELS).size == (200, 300)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "empty"),
+    (b"definitely not an image", "not an image format"),
+    (encode(draw_one())[:60], "corrupt or truncated"),
+])
+def test_decode_rejects_unusable_bytes(data, message):
+    with pytest.raises(pp.ImageError, match=message):
+        pp.decode(data, MAX_PIXELS)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A few hundred bytes that claim width x height pixels: a decompression bomb's shape."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload)))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+
+
+def test_decode_refuses_a_decompression_bomb_before_decoding_it():
+    bomb = png_header_only(60_000, 60_000)
+    assert len(bomb) < 1000
+    with pytest.raises(pp.ImageTooLarge, match="60000x60000|3600000000"):
+        pp.decode(bomb, MAX_PIXELS)
+
+
+def test_decode_applies_the_configured_pixel_limit():
+    with pytest.raises(pp.ImageTooLarge):
+        pp.decode(encode(draw_one()), max_pixels=200 * 300 - 1)
+
+
+# --- orientation and transparency ---------------------------------------------------------
+
+def test_orient_applies_the_exif_rotation():
+    image = draw_one(size=(300, 200), box=(40, 90, 260, 110))  # a horizontal bar
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    data = encode(image.convert("RGB"), "JPEG", exif=exif.tobytes())
+    oriented = pp.orient(pp.decode(data, MAX_PIXELS))
+    assert oriented.size == (200, 300)
+    gray = np.asarray(oriented.convert("L"))
+    assert ink_box(255 - gray, 128) == (221, 21)  # the bar now stands upright
+
+
+def test_flatten_puts_dark_strokes_on_transparent_black_onto_white():
+    rgba = np.zeros((100, 100, 4), dtype=np.uint8)  # transparent *black*, as canvases export
+    rgba[20:80, 45:55] = (10, 10, 10, 255)
+    flat = np.asarray(pp.flatten_transparency(Image.fromarray(rgba, "RGBA")).convert("L"))
+    assert flat[0, 0] == 255 and flat[50, 50] == 10
+    # The naive conversion loses the digit entirely: black on black.
+    naive = np.asarray(Image.fromarray(rgba, "RGBA").convert("L"))
+    assert naive[0, 0] == naive[50, 50] == 10 or naive.max() - naive.min() < 16
+
+
+def test_flatten_puts_light_strokes_on_black():
+    rgba = np.zeros((100, 100, 4), dtype=np.uint8)
+    rgba[20:80, 45:55] = (250, 250, 250, 255)
+    flat = np.asarray(pp.flatten_transparency(Image.fromarray(rgba, "RGBA")).convert("L"))
+    assert flat[0, 0] == 0 and flat[50, 50] == 250
+
+
+def test_flatten_keeps_an_opaque_image():
+    image = draw_one(mode="RGB", ink=(0, 0, 0), paper=(255, 255, 255)).convert("RGBA")
+    assert pp.flatten_transparency(image).mode == "RGB"
+
+
+def test_grayscale_uses_luminance():
+    image = Image.new("RGB", (4, 4), (0, 0, 255))
+    assert pp.to_grayscale(image)[0, 0] == pytest.approx(29, abs=1)
+
+
+# --- polarity -----------------------------------------------------------------------------
+
+def test_dark_ink_on_white_is_inverted():
+    gray = np.asarray(draw_one(), dtype=np.float32)
+    ink = pp.to_light_on_dark(gray)
+    assert ink[0, 0] == 0 and ink[150, 100] == 255
+
+
+def test_light_ink_on_black_is_kept():
+    gray = np.asarray(draw_one(ink=255, paper=0), dtype=np.float32)
+    ink = pp.to_light_on_dark(gray)
+    assert ink[0, 0] == 0 and ink[150, 100] == 255
+
+
+def test_grey_paper_becomes_black_and_ink_full_white():
+    gray = np.asarray(draw_one(ink=60, paper=170), dtype=np.float32)
+    ink = pp.to_light_on_dark(gray)
+    assert ink[0, 0] == 0 and ink[150, 100] == 255
+
+
+def test_noise_on_the_paper_is_dropped():
+    rng = np.random.default_rng(1)
+    gray = np.asarray(draw_one(ink=40, paper=200), dtype=np.float32) + rng.normal(0, 4, (300, 200))
+    ink = pp.to_light_on_dark(gray)
+    assert np.mean(ink[:30] > 0) < 0.05
+
+
+def test_a_blank_page_has_no_digit():
+    with pytest.raises(pp.ImageError, match="No digit"):
+        pp.to_light_on_dark(np.full((50, 50), 200.0, dtype=np.float32))
+
+
+# --- crop, scale, centre ------------------------------------------------------------------
+
+def test_crop_keeps_the_digit_box():
+    ink = np.zeros((300, 200), dtype=np.float32)
+    ink[40:261, 90:111] = 255
+    assert pp.crop_to_digit(ink).shape == (221, 21)
+
+
+def test_crop_ignores_a_far_speck():
+    ink = np.zeros((300, 300), dtype=np.float32)
+    ink[40:260, 90:150] = 255
+    ink[295, 295] = 255  # a speck of dust in the corner
+    assert pp.crop_to_digit(ink).shape == (220, 60)
+
+
+def test_fit_in_box_keeps_the_aspect_ratio():
+    fitted = pp.fit_in_box(np.full((220, 60), 255.0, dtype=np.float32))
+    assert fitted.shape == (20, 5) and fitted.max() == pytest.approx(255)
+
+
+def test_center_by_mass_places_the_mass_where_mnist_does():
+    digit = np.zeros((20, 10), dtype=np.float32)
+    digit[:, :3] = 255  # mass on the left: the box itself must go right of centre
+    field = pp.center_by_mass(digit)
+    assert field.shape == (28, 28) and field.dtype == np.uint8
+    row, col = center_of_mass(field.astype(float))
+    assert abs(row - 14) <= 0.5 and abs(col - 14) <= 0.5
+
+
+# --- the whole pipeline -------------------------------------------------------------------
+
+def test_a_large_off_centre_drawing_comes_out_in_mnist_format():
+    page = draw_one(size=(600, 400), box=(40, 30, 70, 250))  # top-left corner, dark on white
+    pixels = pp.preprocess(encode(page), MAX_PIXELS).pixels
+    assert pixels.shape == (28, 28) and pixels.dtype == np.uint8
+    assert pixels[0, 0] == 0 and pixels.max() == 255
+    assert ink_box(pixels)[0] == 20
+    row, col = center_of_mass(pixels.astype(float))
+    assert abs(row - 14) <= 0.5 and abs(col - 14) <= 0.5
+
+
+def test_an_mnist_format_digit_keeps_its_shape():
+    digit = seven()
+    pixels = pp.preprocess(encode(Image.fromarray(digit)), MAX_PIXELS).pixels
+    # Same digit, resized to MNIST's 20 px box: the ink overlaps the original almost entirely.
+    overlap = np.minimum(pixels > 64, digit > 64).sum() / (digit > 64).sum()
+    assert overlap > 0.6
+    assert max(ink_box(pixels)) == 20
+
+
+def test_canvas_export_and_its_naive_conversion_differ():
+    rgba = np.zeros((280, 280, 4), dtype=np.uint8)
+    big_seven = np.asarray(Image.fromarray(seven()).resize((280, 280), Image.Resampling.BICUBIC))
+    rgba[..., 3] = big_seven  # black strokes, transparent elsewhere
+    pixels = pp.preprocess(encode(Image.fromarray(rgba, "RGBA")), MAX_PIXELS).pixels
+    overlap = np.minimum(pixels > 64, seven() > 64).sum() / (seven() > 64).sum()
+    assert overlap > 0.6

@@ -1,0 +1,33 @@
+"""Frozen training configuration: every knob of a run in one place."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    seed: int = 42
+    val_size: int = 5000
+    learning_rate: float = 1e-3
+    # The learning rate is multiplied by this each epoch after the first `warm_epochs`.
+    lr_decay: float = 0.85
+    warm_epochs: int = 2
+    early_stopping_patience: int = 6
+    augment: bool = True
+    # Augmentation ranges: shifts and zoom as fractions of the image, rotation in turns.
+    shift: float = 0.08
+    rotation: float = 0.025
+    zoom: float = 0.08
+    tensorboard_dir: Path | None = None
+    # Limits the training digits (used by smoke tests); None uses them all.
+    max_train_samples: int | None = None
+
+    def as_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        if self.tensorboard_dir is not None:
+            values["tensorboard_dir"] = str(self.tensorboard_dir)
+        return values
