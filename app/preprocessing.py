@@ -30,7 +30,10 @@ WORKING_SIZE = 1024
 # Below this spread between background and ink there is no digit to read, only a blank page.
 MIN_CONTRAST = 24.0
 
-# The bounding box ignores this fraction of ink at each end, so a speck of dust or a paper
+# Pixels at least this bright (after contrast stretching to 0..255) count as strokes.
+STROKE_LEVEL = 64.0
+
+# The bounding box ignores this fraction of stroke pixels at each end, so a speck of dust or a paper
 # edge far from the digit does not shrink the digit to nothing.
 CROP_TRIM = 0.002
 
@@ -153,13 +156,15 @@ def to_light_on_dark(gray: np.ndarray) -> np.ndarray:
     of a sensible picture). Ink is whichever extreme lies further from it, so dark ink on
     grey paper and white chalk on a blackboard both come out as MNIST does.
     """
-    sample = gray[:: max(1, gray.shape[0] // 256), :: max(1, gray.shape[1] // 256)]
-    background = float(np.median(sample))
-    low, high = np.percentile(sample, [1, 99])
-    if sample.size > 16 and (background - low) > (high - background):
+    background = float(np.median(gray))
+    # Near-extremes rather than min/max, so a few stray pixels can't decide; near enough
+    # to the ends that a thin pen stroke on a big page (well under 1% of it) still counts.
+    low, high = np.percentile(gray, [0.02, 99.98])
+    if (background - low) > (high - background):
         gray, background = 255.0 - gray, 255.0 - background
+    sample = gray[:: max(1, gray.shape[0] // 256), :: max(1, gray.shape[1] // 256)]
     # Paper texture and sensor noise sit a few levels above the background; drop them.
-    deviation = np.median(np.abs(sample - np.median(sample)))
+    deviation = np.median(np.abs(sample - background))
     floor = background + 3.0 * 1.4826 * float(deviation)
     ink = np.clip(gray - floor, 0.0, None)
     peak = float(ink.max())
@@ -169,14 +174,19 @@ def to_light_on_dark(gray: np.ndarray) -> np.ndarray:
 
 
 def crop_to_digit(ink: np.ndarray) -> np.ndarray:
-    """Cut the image down to the digit's bounding box."""
-    rows = _trimmed_span(ink.sum(axis=1))
-    cols = _trimmed_span(ink.sum(axis=0))
+    """Cut the image down to the digit's bounding box.
+
+    The box is found from clearly inked pixels (a quarter of full strength or more), so
+    faint noise spread over a whole page can't widen it.
+    """
+    strokes = ink >= STROKE_LEVEL
+    rows = _trimmed_span(strokes.sum(axis=1))
+    cols = _trimmed_span(strokes.sum(axis=0))
     return ink[rows[0]: rows[1] + 1, cols[0]: cols[1] + 1]
 
 
 def _trimmed_span(profile: np.ndarray) -> tuple[int, int]:
-    """First and last index holding ink, ignoring CROP_TRIM of the ink mass at each end."""
+    """First and last index holding strokes, ignoring CROP_TRIM of them at each end."""
     cumulative = np.cumsum(profile)
     total = cumulative[-1]
     first = int(np.searchsorted(cumulative, total * CROP_TRIM, side="right"))

@@ -65,28 +65,25 @@ def load_digits(path: str | Path | None, val_size: int) -> Digits:
 
 
 def _read_source(path: str | Path | None):
-    tried = []
-    candidates = [path] if path is not None else [os.environ.get(DATA_ENV_VAR)]
-    for candidate in candidates:
-        if candidate:
-            candidate = Path(candidate)
-            if candidate.is_dir():
-                return (*read_idx_folder(candidate), str(candidate), _sha256_of_idx(candidate))
-            if candidate.is_file():
-                return (*read_npz(candidate), str(candidate), _sha256_of_file(candidate))
-            tried.append(str(candidate))
-            if path is not None:
-                raise DataError(f"No MNIST data at {candidate}: it is neither a file nor a folder. "
-                                "Pass an mnist.npz file or a folder with the four IDX files.")
+    given = path if path is not None else os.environ.get(DATA_ENV_VAR)
+    if given:
+        given = Path(given)
+        if given.is_dir():
+            return (*read_idx_folder(given), str(given), _sha256_of_idx(given))
+        if given.is_file():
+            return (*read_npz(given), str(given), _sha256_of_file(given))
+        origin = "--data" if path is not None else f"${DATA_ENV_VAR}"
+        raise DataError(f"No MNIST data at {given} (from {origin}): no such file or folder. "
+                        "Pass --data with an mnist.npz file or a folder of the four MNIST "
+                        "IDX files.")
     try:
         return (*_load_keras_mnist(), "keras.datasets.mnist", _sha256_of_file(KERAS_CACHE))
     except Exception as error:  # noqa: BLE001 - any download or cache failure means "no data"
-        tried.append(f"keras.datasets.mnist ({error.__class__.__name__}: {error})")
-    raise DataError(
-        "No MNIST data found. Tried: " + "; ".join(tried or ["no --data path, no $DIGITS_MNIST"])
-        + f". Pass --data PATH (an mnist.npz or a folder of IDX files), set ${DATA_ENV_VAR}, "
-        "or go online so keras.datasets.mnist.load_data() can download it."
-    )
+        raise DataError(
+            f"No MNIST data found. Tried: no --data path, no ${DATA_ENV_VAR}, then "
+            f"keras.datasets.mnist ({error.__class__.__name__}: {error}). Pass --data PATH "
+            f"(an mnist.npz or a folder of IDX files), set ${DATA_ENV_VAR}, or go online so "
+            "keras.datasets.mnist.load_data() can download it.") from error
 
 
 def read_npz(path: Path):

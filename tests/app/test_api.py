@@ -1,0 +1,275 @@
+"""The HTTP contract, through the app factory and real (tiny) SavedModels."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import numpy as np
+import pytest
+
+from digit_contract import Style
+from tests.images import draw_one, encode
+
+STYLES = [style.value for style in Style]
+PNG = encode(draw_one())
+
+
+def assert_predictions(body: dict, model: str, count: int) -> None:
+    assert body["model"] == model and body["version"] == 1
+    assert len(body["predictions"]) == count
+    for prediction in body["predictions"]:
+        probabilities = prediction["probabilities"]
+        assert len(probabilities) == 10 and sum(probabilities) == pytest.approx(1, abs=1e-4)
+        assert prediction["digit"] == int(np.argmax(probabilities))
+        assert prediction["confidence"] == max(probabilities)
+        assert "model_input" not in prediction
+
+
+# --- predictions: every input form --------------------------------------------------------
+
+def test_multipart_single_file_uses_the_default_model(client):
+    response = client.post("/predict", files={"file": ("one.png", PNG, "image/png")})
+    assert response.status_code == 200
+    assert_predictions(response.json(), "sequential", 1)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_query_parameter_and_path_pick_the_model(client, style):
+    by_query = client.post(f"/predict?model={style}", content=PNG,
+                           headers={"content-type": "image/png"})
+    by_path = client.post(f"/models/{style}/predict", content=PNG,
+                          headers={"content-type": "image/png"})
+    assert by_query.status_code == by_path.status_code == 200
+    assert_predictions(by_query.json(), style, 1)
+    assert by_query.json()["predictions"] == by_path.json()["predictions"]
+
+
+def test_multipart_many_files_answer_in_request_order(client):
+    images = [encode(draw_one(box=(90 + 10 * i, 40, 110, 260))) for i in range(3)]
+    files = [("file", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
+    batch = client.post("/predict", files=files).json()["predictions"]
+    singles = [client.post("/predict", content=d, headers={"content-type": "image/png"})
+               .json()["predictions"][0] for d in images]
+    assert batch == singles
+
+
+def test_multipart_ignores_other_fields(client):
+    response = client.post("/predict", files={"file": ("a.png", PNG, "image/png")},
+                           data={"note": "hello"})
+    assert_predictions(response.json(), "sequential", 1)
+
+
+def test_octet_stream_body(client):
+    response = client.post("/predict", content=PNG,
+                           headers={"content-type": "application/octet-stream"})
+    assert_predictions(response.json(), "sequential", 1)
+
+
+def test_base64_json_with_and_without_data_url(client):
+    text = base64.b64encode(PNG).decode()
+    response = client.post("/predict?model=functional",
+                           json={"images": [text, f"data:image/png;base64,{text}"]})
+    body = response.json()
+    assert_predictions(body, "functional", 2)
+    assert body["predictions"][0] == body["predictions"][1]
+
+
+def test_debug_returns_the_28x28_the_model_saw(client):
+    response = client.post("/predict?debug=true", content=PNG, headers={"content-type": "image/png"})
+    image_bytes = base64.b64decode(response.json()["predictions"][0]["model_input"])
+    from PIL import Image
+    import io
+
+    image = Image.open(io.BytesIO(image_bytes))
+    assert image.size == (28, 28) and image.mode == "L"
+    pixels = np.asarray(image)
+    assert pixels[0, 0] == 0 and pixels.max() == 255  # the dark-on-white bar, inverted
+
+
+# --- models and summaries -----------------------------------------------------------------
+
+def test_models_lists_every_style(client):
+    models = client.get("/models").json()["models"]
+    assert [m["name"] for m in models] == STYLES
+    for model in models:
+        assert set(model) >= {"name", "version", "versions", "device", "status",
+                              "total_params", "metrics"}
+        assert model["status"] == "ready" and model["device"] == "/CPU:0"
+        assert model["version"] == 1 and model["versions"] == [1]
+        assert model["metrics"]["val_accuracy"] == 0.1
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_one_model(client, style, tiny_models):
+    body = client.get(f"/models/{style}").json()
+    assert body["name"] == style
+    assert body["total_params"] == tiny_models[1][Style(style)].count_params()
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_summary_matches_the_keras_model(client, style, tiny_models):
+    keras_model = tiny_models[1][Style(style)]
+    body = client.get(f"/models/{style}/summary").json()
+    assert body["name"] == style and body["version"] == 1
+    assert body["class_name"] == keras_model.__class__.__name__
+    assert [(layer["name"], layer["type"], layer["params"]) for layer in body["layers"]] == [
+        (layer.name, layer.__class__.__name__, layer.count_params())
+        for layer in keras_model.layers]
+    assert body["total_params"] == keras_model.count_params()
+    trainable = sum(int(np.prod(w.shape)) for w in keras_model.trainable_weights)
+    assert body["trainable_params"] == trainable
+    assert body["non_trainable_params"] == keras_model.count_params() - trainable
+    # Every layer has its output shape, batch dimension null, as Keras' own table shows.
+    for layer in body["layers"]:
+        assert layer["output_shape"][0] is None
+    assert body["layers"][-1]["output_shape"] == [None, 10]
+
+
+def test_sequential_summary_is_the_classic_table(client):
+    layers = client.get("/models/sequential/summary").json()["layers"]
+    assert [layer["output_shape"][1:] for layer in layers] == [
+        [26, 26, 32], [13, 13, 32], [11, 11, 64], [5, 5, 64], [3, 3, 64], [576], [64], [10]]
+    assert [layer["params"] for layer in layers] == [320, 0, 18496, 0, 36928, 0, 36928, 650]
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_summary_as_text_is_keras_table(client, style, tiny_models):
+    keras_model = tiny_models[1][Style(style)]
+    response = client.get(f"/models/{style}/summary?format=text")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert f'Model: "{keras_model.name}"' in response.text
+    total = re.search(r"Total params: ([\d,]+)", response.text).group(1)
+    assert int(total.replace(",", "")) == keras_model.count_params()
+
+
+# --- health, metrics, docs ----------------------------------------------------------------
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json() == {"status": "ok", "models": {}}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["models"] == {style: "ready" for style in STYLES}
+
+
+def test_metrics_count_requests_images_and_inference(client):
+    client.post("/predict", files=[("file", ("a.png", PNG, "image/png"))] * 2)
+    text = client.get("/metrics").text
+    assert 'digits_http_requests_total{method="POST",route="/predict",status="200"}' in text
+    assert 'digits_images_per_request_bucket{le="2.0",model="sequential"}' in text
+    assert re.search(r'digits_inference_seconds_count\{model="sequential"\} [1-9]', text)
+    assert re.search(r'digits_batch_size_count\{model="sequential"\} [1-9]', text)
+    assert 'digits_model_loaded{device="/CPU:0",model="functional",version="1"} 1.0' in text
+
+
+def test_openapi_documents_the_endpoints(client):
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/predict", "/models/{style}/predict", "/models", "/models/{style}",
+            "/models/{style}/summary", "/healthz", "/readyz", "/metrics"} <= set(paths)
+    content = paths["/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "image/*", "application/json"} <= set(content)
+    assert client.get("/docs").status_code == 200
+
+
+# --- errors: a clear 4xx, never a 500 -----------------------------------------------------
+
+@pytest.mark.parametrize("body", [b"", b"not an image at all", PNG[:100]])
+def test_undecodable_empty_and_truncated_images_are_400(client, body):
+    response = client.post("/predict", content=body, headers={"content-type": "image/png"})
+    assert response.status_code == 400
+    assert response.json()["detail"]
+
+
+def test_blank_image_is_400(client):
+    blank = encode(draw_one(ink=255, paper=255))
+    response = client.post("/predict", content=blank, headers={"content-type": "image/png"})
+    assert response.status_code == 400 and "No digit" in response.json()["detail"]
+
+
+def test_one_bad_file_fails_the_request_and_is_named(client):
+    files = [("file", ("good.png", PNG, "image/png")), ("file", ("bad.png", b"xx", "image/png"))]
+    response = client.post("/predict", files=files)
+    assert response.status_code == 400
+    assert "file #2 ('bad.png')" in response.json()["detail"]
+
+
+def test_bad_base64_is_400_and_names_the_image(client):
+    text = base64.b64encode(PNG).decode()
+    response = client.post("/predict", json={"images": [text, "%%%not base64%%%"]})
+    assert response.status_code == 400 and "images[1]" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("payload", [{"pictures": []}, {"images": []}, {"images": "abc"},
+                                     {"images": [1, 2]}])
+def test_invalid_json_fields_are_422(client, payload):
+    response = client.post("/predict", json=payload)
+    assert response.status_code == 422
+    assert isinstance(response.json()["detail"], list)
+
+
+def test_malformed_json_is_400(client):
+    response = client.post("/predict", content=b"{not json",
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize("request_args", [
+    {"url": "/predict?model=resnet"}, {"url": "/models/resnet/predict"}])
+def test_unknown_model_is_404_listing_the_styles(client, request_args):
+    response = client.post(**request_args, content=PNG, headers={"content-type": "image/png"})
+    assert response.status_code == 404
+    assert all(style in response.json()["detail"] for style in STYLES)
+
+
+@pytest.mark.parametrize("path", ["/models/resnet", "/models/resnet/summary"])
+def test_unknown_model_info_is_404(client, path):
+    assert client.get(path).status_code == 404
+
+
+def test_unknown_summary_format_is_422(client):
+    assert client.get("/models/sequential/summary?format=xml").status_code == 422
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", ""])
+def test_unsupported_or_missing_content_type_is_415(client, content_type):
+    response = client.post("/predict", content=PNG, headers={"content-type": content_type})
+    assert response.status_code == 415
+    assert "multipart/form-data" in response.json()["detail"]
+
+
+def test_multipart_without_a_file_part_is_400(client):
+    response = client.post("/predict", data={"note": "no file"},
+                           files={"other": ("a.png", PNG, "image/png")})
+    assert response.status_code == 400 and "'file'" in response.json()["detail"]
+
+
+def test_body_over_the_limit_is_413(client, settings):
+    big = b"\0" * (settings.max_upload_bytes + 1)
+    response = client.post("/predict", content=big, headers={"content-type": "image/png"})
+    assert response.status_code == 413 and "limit" in response.json()["detail"]
+
+
+def test_body_over_the_limit_is_refused_while_streaming(client, settings):
+    # No Content-Length: the limit must be enforced as chunks arrive.
+    def chunks():
+        for _ in range(settings.max_upload_bytes // 10_000 + 2):
+            yield b"\0" * 10_000
+
+    response = client.post("/predict", content=chunks(), headers={"content-type": "image/png"})
+    assert response.status_code == 413
+
+
+def test_too_many_images_is_413(client, settings):
+    files = [("file", (f"{i}.png", PNG, "image/png"))
+             for i in range(settings.max_images_per_request + 1)]
+    response = client.post("/predict", files=files)
+    assert response.status_code == 413 and "images" in response.json()["detail"]
+
+
+def test_huge_pixel_dimensions_are_413(client):
+    from tests.app.test_preprocessing import png_header_only
+
+    response = client.post("/predict", content=png_header_only(50_000, 50_000),
+                           headers={"content-type": "image/png"})
+    assert response.status_code == 413

@@ -1,0 +1,182 @@
+"""The batcher on its own, with a stand-in model function (no TensorFlow)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from app.batching import Batcher, QueueFull
+
+
+class RecordingModel:
+    """Doubles its input; remembers each call's batch size; can be slowed or broken."""
+
+    def __init__(self, delay_s: float = 0.0, fail_on: float | None = None):
+        self.calls: list[int] = []
+        self.delay_s = delay_s
+        self.fail_on = fail_on
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.release.wait(5)
+        self.calls.append(len(batch))
+        time.sleep(self.delay_s)
+        if self.fail_on is not None and (batch == self.fail_on).any():
+            raise ValueError("poisoned input")
+        return batch * 2
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+async def started(model, **options) -> Batcher:
+    defaults = {"max_batch_size": 8, "timeout_s": 0.0, "max_queue_images": 64}
+    batcher = Batcher(model, **{**defaults, **options})
+    batcher.start()
+    return batcher
+
+
+def images(value: float, count: int = 1) -> np.ndarray:
+    return np.full((count, 2), value, dtype=np.float32)
+
+
+def test_each_request_gets_its_own_results_in_order():
+    async def scenario():
+        model = RecordingModel()
+        batcher = await started(model)
+        results = await asyncio.gather(*(batcher.submit(images(i, count=1 + i % 3))
+                                          for i in range(10)))
+        await batcher.stop()
+        return results
+
+    for i, result in enumerate(run(scenario())):
+        assert result.shape == (1 + i % 3, 2)
+        assert (result == 2 * i).all()
+
+
+def test_concurrent_requests_share_model_calls():
+    async def scenario():
+        model = RecordingModel()
+        model.release.clear()  # hold the model so that requests pile up
+        batcher = await started(model)
+        first = asyncio.ensure_future(batcher.submit(images(0)))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(batcher.submit(images(i))) for i in range(1, 6)]
+        await asyncio.sleep(0.05)
+        model.release.set()
+        await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return model.calls
+
+    assert run(scenario()) == [1, 5]
+
+
+def test_batches_never_exceed_the_maximum_but_big_requests_are_split():
+    async def scenario():
+        model = RecordingModel()
+        model.release.clear()
+        batcher = await started(model, max_batch_size=4)
+        jobs = [asyncio.ensure_future(batcher.submit(images(i, count=3))) for i in range(3)]
+        big = asyncio.ensure_future(batcher.submit(images(9, count=10)))
+        await asyncio.sleep(0.05)
+        model.release.set()
+        results = await asyncio.gather(*jobs, big)
+        await batcher.stop()
+        return model.calls, results
+
+    calls, results = run(scenario())
+    assert max(calls) <= 4 and sum(calls) == 19
+    assert results[-1].shape == (10, 2) and (results[-1] == 18).all()
+
+
+def test_queue_delay_waits_for_more_images():
+    async def scenario(timeout_s):
+        model = RecordingModel()
+        batcher = await started(model, timeout_s=timeout_s)
+        started_at = time.perf_counter()
+        first = asyncio.ensure_future(batcher.submit(images(1)))
+        await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(batcher.submit(images(2)))
+        await asyncio.gather(first, second)
+        elapsed = time.perf_counter() - started_at
+        await batcher.stop()
+        return model.calls, elapsed
+
+    calls, _ = run(scenario(timeout_s=0.2))
+    assert calls == [2]  # the first request waited for the second
+    calls, _ = run(scenario(timeout_s=0.0))
+    assert calls == [1, 1]  # no delay: each ran as soon as the model was free
+
+
+def test_queue_delay_is_bounded():
+    async def scenario():
+        batcher = await started(RecordingModel(), timeout_s=0.05)
+        started_at = time.perf_counter()
+        await batcher.submit(images(1))
+        elapsed = time.perf_counter() - started_at
+        await batcher.stop()
+        return elapsed
+
+    assert 0.04 <= run(scenario()) < 1.0
+
+
+def test_a_failing_request_fails_alone():
+    async def scenario():
+        model = RecordingModel(fail_on=-1)
+        model.release.clear()
+        batcher = await started(model)
+        jobs = [asyncio.ensure_future(batcher.submit(images(v))) for v in (1, -1, 3)]
+        await asyncio.sleep(0.05)
+        model.release.set()
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    good, bad, other = run(scenario())
+    assert (good == 2).all() and (other == 6).all()
+    assert isinstance(bad, ValueError)
+
+
+def test_a_full_queue_sheds_load():
+    async def scenario():
+        model = RecordingModel()
+        model.release.clear()
+        batcher = await started(model, max_queue_images=4)
+        running = asyncio.ensure_future(batcher.submit(images(0)))  # taken by the worker
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(batcher.submit(images(i, count=2))) for i in (1, 2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull) as refused:
+            await batcher.submit(images(3))
+        model.release.set()
+        await asyncio.gather(running, *queued)
+        await batcher.stop()
+        return refused.value
+
+    error = run(scenario())
+    assert error.retry_after_s >= 1 and "limit 4" in str(error)
+
+
+def test_cancelled_requests_are_skipped():
+    async def scenario():
+        model = RecordingModel()
+        model.release.clear()
+        batcher = await started(model)
+        first = asyncio.ensure_future(batcher.submit(images(0)))
+        await asyncio.sleep(0.05)
+        gone = asyncio.ensure_future(batcher.submit(images(1, count=3)))
+        kept = asyncio.ensure_future(batcher.submit(images(2)))
+        await asyncio.sleep(0)
+        gone.cancel()
+        model.release.set()
+        await asyncio.gather(first, kept)
+        await batcher.stop()
+        return model.calls
+
+    assert run(scenario()) == [1, 1]

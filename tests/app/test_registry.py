@@ -1,0 +1,81 @@
+"""Loading: broken or missing models are reported, and the others keep serving."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import tensorflow as tf
+from fastapi.testclient import TestClient
+
+from app.devices import DeviceUnavailable, select_device
+from app.main import create_app
+from app.settings import DeviceChoice, Settings
+from tests.images import draw_one, encode
+
+PNG = encode(draw_one())
+
+
+@pytest.fixture
+def mixed_model_dir(tmp_path, tiny_model_dir):
+    """sequential: fine. functional: v1 fine, v2 broken. subclassed: only a broken v1."""
+    shutil.copytree(tiny_model_dir / "sequential", tmp_path / "sequential")
+    shutil.copytree(tiny_model_dir / "functional", tmp_path / "functional")
+    shutil.copytree(tiny_model_dir / "functional" / "1", tmp_path / "functional" / "2")
+    (tmp_path / "functional" / "2" / "saved_model.pb").write_bytes(b"corrupted")
+    (tmp_path / "subclassed" / "1").mkdir(parents=True)
+    (tmp_path / "subclassed" / "1" / "metadata.json").write_text("{}")
+    return tmp_path
+
+
+def test_broken_models_are_reported_and_the_rest_serve(mixed_model_dir):
+    with TestClient(create_app(Settings(model_dir=mixed_model_dir, device="cpu"))) as client:
+        models = {m["name"]: m for m in client.get("/models").json()["models"]}
+        assert models["sequential"]["status"] == "ready"
+        # A broken newest version falls back to the newest one that works.
+        assert models["functional"]["status"] == "ready"
+        assert models["functional"]["version"] == 1 and models["functional"]["versions"] == [1, 2]
+        assert "version 2" in models["functional"]["detail"]
+        assert models["subclassed"]["status"] == "failed"
+        assert models["subclassed"]["version"] is None and models["subclassed"]["detail"]
+
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/predict?model=functional", content=PNG,
+                           headers={"content-type": "image/png"}).json()["version"] == 1
+        broken = client.post("/predict?model=subclassed", content=PNG,
+                             headers={"content-type": "image/png"})
+        assert broken.status_code == 503
+        assert "sequential, functional" in broken.json()["detail"]
+
+
+def test_a_missing_style_is_404_with_a_hint(tmp_path, tiny_model_dir):
+    shutil.copytree(tiny_model_dir / "sequential", tmp_path / "sequential")
+    with TestClient(create_app(Settings(model_dir=tmp_path, device="cpu"))) as client:
+        info = client.get("/models/functional").json()
+        assert info["status"] == "missing"
+        assert "python -m training --style functional" in info["detail"]
+        response = client.post("/models/functional/predict", content=PNG,
+                               headers={"content-type": "image/png"})
+        assert response.status_code == 404
+        assert client.get("/models/functional/summary").status_code == 404
+
+
+def test_no_models_at_all_is_not_ready(tmp_path):
+    with TestClient(create_app(Settings(model_dir=tmp_path, device="cpu"))) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 503
+
+
+def test_cpu_is_used_when_asked_or_when_there_is_no_gpu():
+    assert select_device(DeviceChoice.cpu) == "/CPU:0"
+    expected = "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
+    assert select_device(DeviceChoice.auto) == expected
+
+
+@pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="this machine has a GPU")
+def test_gpu_without_a_gpu_fails_start_up_clearly(tiny_model_dir):
+    with pytest.raises(DeviceUnavailable, match="DIGITS_DEVICE=gpu but TensorFlow sees no GPU"):
+        select_device(DeviceChoice.gpu)
+    app = create_app(Settings(model_dir=tiny_model_dir, device="gpu"))
+    with pytest.raises(DeviceUnavailable), TestClient(app):
+        pass
