@@ -70,5 +70,6 @@ def test_real_world_images_are_at_least_98_percent_right(committed_client, real_
                                                          style):
     images, labels, kinds = real_world_images
     accuracy = accuracy_over_http(committed_client, style, images, labels)
-    print(f"{style.value}: {accuracy:.4f} on {len(images)} redrawn digits ({', '.join(REAL_WORLD)})")
+    print(f"{style.value}: {accuracy:.4f} on {len(images)} redrawn digits "
+          f"({', '.join(REAL_WORLD)})")
     assert accuracy >= 0.98

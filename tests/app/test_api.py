@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import io
 import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from digit_contract import Style
 from tests.images import draw_one, encode
@@ -76,11 +78,9 @@ def test_base64_json_with_and_without_data_url(client):
 
 
 def test_debug_returns_the_28x28_the_model_saw(client):
-    response = client.post("/predict?debug=true", content=PNG, headers={"content-type": "image/png"})
+    response = client.post("/predict?debug=true", content=PNG,
+                           headers={"content-type": "image/png"})
     image_bytes = base64.b64decode(response.json()["predictions"][0]["model_input"])
-    from PIL import Image
-    import io
-
     image = Image.open(io.BytesIO(image_bytes))
     assert image.size == (28, 28) and image.mode == "L"
     pixels = np.asarray(image)
