@@ -1,9 +1,13 @@
 """Dynamic batching: images from concurrent requests share one model call.
 
 One worker per model takes everything queued (up to `max_batch_size` images), waits at
-most `timeout_s` for more, runs the model in its own thread, and hands each request its
-slice of the result. While the model is busy, new requests queue up and form the next
-batch, so under load batches grow by themselves and at low load nothing waits.
+most `timeout_s` for more, then, in its own thread, prepares each request's images and
+runs the model once for all of them, and hands each request its slice of the result.
+While the model is busy new requests queue up and form the next batch, so batches grow
+with load by themselves and at low load nothing waits.
+
+Preparing (decoding) inside the batch thread costs one thread hand-off per batch instead
+of one per request, and keeps that CPU work off the event loop.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -26,22 +31,43 @@ class QueueFull(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchResult:
+    inputs: np.ndarray   # what the model was given for this request: [n, ...]
+    outputs: np.ndarray  # what it answered: [n, ...]
+
+
 @dataclasses.dataclass
 class _Job:
-    images: np.ndarray
+    payload: Any
+    size: int
     future: asyncio.Future
     enqueued_at: float
 
 
 BatchObserver = Callable[[int, float, float], None]
-"""Called with (batch size, seconds the oldest job waited, seconds the model ran)."""
+"""Called with (images in the model call, seconds the oldest job waited, seconds it ran)."""
+
+
+def _identity(payload: np.ndarray) -> np.ndarray:
+    return payload
 
 
 class Batcher:
+    """Queues requests for one model and runs them in batches.
+
+    Args:
+        predict: the model: an array of n inputs -> an array of n outputs.
+        prepare: turns one request's payload into its model inputs ([size, ...]); runs in
+            the batch thread, and an exception fails that request alone.
+    """
+
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], *, max_batch_size: int,
-                 timeout_s: float, max_queue_images: int, name: str = "model",
+                 timeout_s: float, max_queue_images: int,
+                 prepare: Callable[[Any], np.ndarray] = _identity, name: str = "model",
                  observe: BatchObserver | None = None):
         self._predict = predict
+        self._prepare = prepare
         self.max_batch_size = max_batch_size
         self.timeout_s = timeout_s
         self.max_queue_images = max_queue_images
@@ -73,21 +99,21 @@ class Batcher:
         self._jobs.clear()
         self._executor.shutdown(wait=True)
 
-    async def submit(self, images: np.ndarray) -> np.ndarray:
-        """Queue `images` ([n, ...]) and wait for their outputs ([n, ...]), in order."""
-        if self._queued_images + len(images) > self.max_queue_images:
+    async def submit(self, payload: Any, size: int | None = None) -> BatchResult:
+        """Queue one request (`size` images; default len(payload)) and wait for its result."""
+        size = len(payload) if size is None else size
+        if self._queued_images + size > self.max_queue_images:
             raise QueueFull(f"Model '{self.name}' has {self._queued_images} images queued "
                             f"(limit {self.max_queue_images}); retry shortly.")
-        if len(images) == 0:
-            return images[:0]
-        loop = asyncio.get_running_loop()
-        job = _Job(images, loop.create_future(), time.perf_counter())
+        job = _Job(payload, size, asyncio.get_running_loop().create_future(),
+                   time.perf_counter())
         self._jobs.append(job)
-        self._queued_images += len(images)
+        self._queued_images += size
         self._wakeup.set()
         return await job.future
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             if not self._jobs:
                 self._wakeup.clear()
@@ -95,7 +121,16 @@ class Batcher:
             if self.timeout_s > 0 and self._queued_images < self.max_batch_size:
                 await self._wait_for_more()
             jobs = self._take_batch()
-            await self._execute(jobs)
+            if not jobs:
+                continue
+            outcomes = await loop.run_in_executor(self._executor, self._run_batch, jobs)
+            for job, outcome in zip(jobs, outcomes, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    job.future.set_exception(outcome)
+                else:
+                    job.future.set_result(outcome)
 
     async def _wait_for_more(self) -> None:
         deadline = self._jobs[0].enqueued_at + self.timeout_s
@@ -113,43 +148,56 @@ class Batcher:
         """Jobs from the front of the queue, up to max_batch_size images (at least one job)."""
         jobs, count = [], 0
         while self._jobs:
-            size = len(self._jobs[0].images)
-            if jobs and count + size > self.max_batch_size:
+            if jobs and count + self._jobs[0].size > self.max_batch_size:
                 break
             job = self._jobs.popleft()
-            self._queued_images -= size
+            self._queued_images -= job.size
             if job.future.cancelled():  # its client went away; don't spend the model on it
                 continue
             jobs.append(job)
-            count += size
+            count += job.size
         return jobs
 
-    async def _execute(self, jobs: list[_Job]) -> None:
-        if not jobs:
-            return
+    # --- in the batch thread --------------------------------------------------------------
+
+    def _run_batch(self, jobs: list[_Job]) -> list[BatchResult | Exception]:
         waited = time.perf_counter() - jobs[0].enqueued_at
-        batch = jobs[0].images if len(jobs) == 1 else np.concatenate([j.images for j in jobs])
-        loop = asyncio.get_running_loop()
-        try:
-            started = time.perf_counter()
-            outputs = await loop.run_in_executor(self._executor, self._predict_in_chunks, batch)
-            if self._observe is not None:
-                self._observe(len(batch), waited, time.perf_counter() - started)
-        except Exception as error:  # noqa: BLE001 - the model's failure goes to its callers
-            if len(jobs) > 1:
-                # Find the job that broke the batch: run each alone, so only it fails.
-                for job in jobs:
-                    await self._execute([job])
-                return
-            if not jobs[0].future.done():
-                jobs[0].future.set_exception(error)
-            return
-        offset = 0
+        outcomes: list[Any] = []
         for job in jobs:
-            end = offset + len(job.images)
-            if not job.future.done():
-                job.future.set_result(outputs[offset:end])
+            try:
+                outcomes.append(self._prepare(job.payload))
+            except Exception as error:  # noqa: BLE001 - a bad request fails alone
+                outcomes.append(error)
+        ready = [i for i, outcome in enumerate(outcomes) if not isinstance(outcome, Exception)]
+        if not ready:
+            return outcomes
+        inputs = [outcomes[i] for i in ready]
+        batch = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
+        started = time.perf_counter()
+        try:
+            outputs = self._predict_in_chunks(batch)
+        except Exception as error:  # noqa: BLE001 - the model's failure goes to its callers
+            if len(ready) == 1:
+                outcomes[ready[0]] = error
+                return outcomes
+            # Find the request that broke the batch: run each alone, so only it fails.
+            for i in ready:
+                outcomes[i] = self._predict_alone(outcomes[i])
+            return outcomes
+        if self._observe is not None:
+            self._observe(len(batch), waited, time.perf_counter() - started)
+        offset = 0
+        for i, job_inputs in zip(ready, inputs, strict=True):
+            end = offset + len(job_inputs)
+            outcomes[i] = BatchResult(job_inputs, outputs[offset:end])
             offset = end
+        return outcomes
+
+    def _predict_alone(self, inputs: np.ndarray) -> BatchResult | Exception:
+        try:
+            return BatchResult(inputs, self._predict_in_chunks(inputs))
+        except Exception as error:  # noqa: BLE001
+            return error
 
     def _predict_in_chunks(self, batch: np.ndarray) -> np.ndarray:
         # A single request may carry more images than one model call should take.

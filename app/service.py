@@ -1,4 +1,4 @@
-"""Predictions: uploads -> preprocessing (worker threads) -> batched model call -> response."""
+"""Predictions: uploads -> batched preprocessing and model call (a worker thread) -> response."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ import io
 
 import numpy as np
 from PIL import Image
-from starlette.concurrency import run_in_threadpool
 
 from app.batching import Batcher
 from app.observability import Metrics
 from app.preprocessing import (
     ImageError,
     ImageTooLarge,
-    Prepared,
     preprocess,
     set_pillow_pixel_limit,
 )
@@ -22,7 +20,7 @@ from app.registry import LoadedModel, ModelRegistry
 from app.schemas import Prediction, PredictResponse
 from app.settings import Settings
 from app.uploads import Upload, UploadError
-from digit_contract import Style, scale_pixels
+from digit_contract import IMAGE_SIZE, Style, scale_pixels
 
 
 class PredictionService:
@@ -34,7 +32,8 @@ class PredictionService:
         self.metrics = metrics
         set_pillow_pixel_limit(settings.max_image_pixels)
         self.batchers = {
-            style: Batcher(model.predict, max_batch_size=settings.max_batch_size,
+            style: Batcher(model_on_pixels(model), prepare=self.prepare,
+                           max_batch_size=settings.max_batch_size,
                            timeout_s=settings.batch_timeout_ms / 1000,
                            max_queue_images=settings.max_queue_images, name=style.value,
                            observe=metrics.batch_observer(style.value))
@@ -52,32 +51,38 @@ class PredictionService:
     async def predict(self, style: Style, uploads: list[Upload], debug: bool) -> PredictResponse:
         model = self.registry.get(style)
         self.metrics.images_per_request.labels(style.value).observe(len(uploads))
-        prepared = await run_in_threadpool(prepare_all, uploads, self.settings.max_image_pixels)
-        images = scale_pixels(np.stack([p.pixels for p in prepared]))[..., np.newaxis]
-        probabilities = await self.batchers[style].submit(images)
-        return build_response(model, probabilities, prepared if debug else None)
+        result = await self.batchers[style].submit(uploads, size=len(uploads))
+        return build_response(model, result.outputs, result.inputs if debug else None)
+
+    def prepare(self, uploads: list[Upload]) -> np.ndarray:
+        """Preprocess every upload to uint8 [n, 28, 28]; the first bad one fails the request,
+        named in the message."""
+        pixels = np.empty((len(uploads), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+        for i, upload in enumerate(uploads):
+            try:
+                pixels[i] = preprocess(upload.data, self.settings.max_image_pixels).pixels
+            except ImageTooLarge as error:
+                raise UploadError(413, f"{upload.label}: {error}") from error
+            except ImageError as error:
+                raise UploadError(400, f"{upload.label}: {error}") from error
+        return pixels
 
 
-def prepare_all(uploads: list[Upload], max_pixels: int) -> list[Prepared]:
-    """Preprocess every upload; the first bad one fails the request, named in the message."""
-    prepared = []
-    for upload in uploads:
-        try:
-            prepared.append(preprocess(upload.data, max_pixels))
-        except ImageTooLarge as error:
-            raise UploadError(413, f"{upload.label}: {error}") from error
-        except ImageError as error:
-            raise UploadError(400, f"{upload.label}: {error}") from error
-    return prepared
+def model_on_pixels(model: LoadedModel):
+    """The model as a function of uint8 [n, 28, 28] digits, scaled as in training."""
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        return model.predict(scale_pixels(pixels)[..., np.newaxis])
+
+    return predict
 
 
 def build_response(model: LoadedModel, probabilities: np.ndarray,
-                   prepared: list[Prepared] | None) -> PredictResponse:
+                   pixels: np.ndarray | None) -> PredictResponse:
     digits = probabilities.argmax(axis=1)
     rounded = probabilities.astype(np.float64).round(6).tolist()
     predictions = [
         Prediction(digit=int(digit), confidence=row[digit], probabilities=row,
-                   model_input=encode_png(prepared[i].pixels) if prepared else None)
+                   model_input=None if pixels is None else encode_png(pixels[i]))
         for i, (digit, row) in enumerate(zip(digits, rounded, strict=True))
     ]
     return PredictResponse(model=model.style, version=model.version, predictions=predictions)

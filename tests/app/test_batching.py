@@ -56,8 +56,8 @@ def test_each_request_gets_its_own_results_in_order():
         return results
 
     for i, result in enumerate(run(scenario())):
-        assert result.shape == (1 + i % 3, 2)
-        assert (result == 2 * i).all()
+        assert result.outputs.shape == (1 + i % 3, 2)
+        assert (result.outputs == 2 * i).all() and (result.inputs == i).all()
 
 
 def test_concurrent_requests_share_model_calls():
@@ -92,7 +92,7 @@ def test_batches_never_exceed_the_maximum_but_big_requests_are_split():
 
     calls, results = run(scenario())
     assert max(calls) <= 4 and sum(calls) == 19
-    assert results[-1].shape == (10, 2) and (results[-1] == 18).all()
+    assert results[-1].outputs.shape == (10, 2) and (results[-1].outputs == 18).all()
 
 
 def test_queue_delay_waits_for_more_images():
@@ -139,8 +139,30 @@ def test_a_failing_request_fails_alone():
         return results
 
     good, bad, other = run(scenario())
-    assert (good == 2).all() and (other == 6).all()
+    assert (good.outputs == 2).all() and (other.outputs == 6).all()
     assert isinstance(bad, ValueError)
+
+
+def test_a_request_that_cannot_be_prepared_fails_alone():
+    def prepare(payload):
+        if payload == "broken":
+            raise ValueError("cannot decode")
+        return images(float(payload))
+
+    async def scenario():
+        model = RecordingModel()
+        model.release.clear()
+        batcher = await started(model, prepare=prepare)
+        jobs = [asyncio.ensure_future(batcher.submit(p, size=1)) for p in ("1", "broken", "3")]
+        await asyncio.sleep(0.05)
+        model.release.set()
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        await batcher.stop()
+        return model.calls, results
+
+    calls, (good, bad, other) = run(scenario())
+    assert (good.outputs == 2).all() and (other.outputs == 6).all()
+    assert isinstance(bad, ValueError) and calls == [2]  # one model call for the two good ones
 
 
 def test_a_full_queue_sheds_load():

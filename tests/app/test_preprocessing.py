@@ -110,33 +110,30 @@ def test_grayscale_uses_luminance():
 # --- polarity -----------------------------------------------------------------------------
 
 def test_dark_ink_on_white_is_inverted():
-    gray = np.asarray(draw_one(), dtype=np.float32)
-    ink = pp.to_light_on_dark(gray)
+    ink = pp.to_light_on_dark(np.asarray(draw_one()))
     assert ink[0, 0] == 0 and ink[150, 100] == 255
 
 
 def test_light_ink_on_black_is_kept():
-    gray = np.asarray(draw_one(ink=255, paper=0), dtype=np.float32)
-    ink = pp.to_light_on_dark(gray)
+    ink = pp.to_light_on_dark(np.asarray(draw_one(ink=255, paper=0)))
     assert ink[0, 0] == 0 and ink[150, 100] == 255
 
 
 def test_grey_paper_becomes_black_and_ink_full_white():
-    gray = np.asarray(draw_one(ink=60, paper=170), dtype=np.float32)
-    ink = pp.to_light_on_dark(gray)
+    ink = pp.to_light_on_dark(np.asarray(draw_one(ink=60, paper=170)))
     assert ink[0, 0] == 0 and ink[150, 100] == 255
 
 
 def test_noise_on_the_paper_is_dropped():
     rng = np.random.default_rng(1)
-    gray = np.asarray(draw_one(ink=40, paper=200), dtype=np.float32) + rng.normal(0, 4, (300, 200))
-    ink = pp.to_light_on_dark(gray)
+    page = np.asarray(draw_one(ink=40, paper=200), dtype=np.float32) + rng.normal(0, 4, (300, 200))
+    ink = pp.to_light_on_dark(np.uint8(np.clip(page, 0, 255)))
     assert np.mean(ink[:30] > 0) < 0.05
 
 
 def test_a_blank_page_has_no_digit():
     with pytest.raises(pp.ImageError, match="No digit"):
-        pp.to_light_on_dark(np.full((50, 50), 200.0, dtype=np.float32))
+        pp.to_light_on_dark(np.full((50, 50), 200, dtype=np.uint8))
 
 
 # --- crop, scale, centre ------------------------------------------------------------------

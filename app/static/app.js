@@ -1,0 +1,198 @@
+// The try-it page: draws or loads a digit, asks every model through the public API,
+// and shows their answers side by side. Uses only the endpoints any client uses.
+"use strict";
+
+const pad = document.getElementById("pad");
+const context = pad.getContext("2d");
+const statusLine = document.getElementById("status");
+const cards = new Map(); // style -> card element
+
+function setStatus(text, isError = false) {
+  statusLine.textContent = text;
+  statusLine.classList.toggle("error", isError);
+}
+
+// ---- the model cards -------------------------------------------------------------------
+
+async function loadModels() {
+  const response = await fetch("/models");
+  const { models } = await response.json();
+  const container = document.getElementById("models");
+  for (const model of models) {
+    const card = document.getElementById("model-card").content.firstElementChild.cloneNode(true);
+    card.dataset.style = model.name;
+    card.querySelector(".name").textContent = model.name;
+    const bars = card.querySelector(".bars");
+    for (let digit = 0; digit < 10; digit++) {
+      const item = document.createElement("li");
+      item.innerHTML = `<span>${digit}</span><span class="track"><span class="fill"></span></span>` +
+        `<span class="value">&ndash;</span>`;
+      bars.append(item);
+    }
+    if (model.status === "ready") {
+      const accuracy = model.metrics.val_accuracy;
+      card.querySelector(".facts").textContent =
+        `v${model.version} · ${model.total_params.toLocaleString()} params · ` +
+        (accuracy !== undefined ? `${(accuracy * 100).toFixed(2)}% validation · ` : "") +
+        `${model.device}`;
+      loadSummary(model.name, card);
+    } else {
+      card.classList.add("unavailable");
+      card.querySelector(".facts").textContent = `${model.status}: ${model.detail || ""}`;
+    }
+    cards.set(model.name, card);
+    container.append(card);
+  }
+}
+
+async function loadSummary(style, card) {
+  const response = await fetch(`/models/${style}/summary`);
+  if (!response.ok) return;
+  const summary = await response.json();
+  const body = card.querySelector("tbody");
+  for (const layer of summary.layers) {
+    const row = body.insertRow();
+    const shape = layer.output_shape ? `(${layer.output_shape.map((d) => d ?? "None").join(", ")})` : "?";
+    for (const text of [layer.name, layer.type, shape, layer.params.toLocaleString()]) {
+      row.insertCell().textContent = text;
+    }
+  }
+  const total = body.insertRow();
+  total.insertCell().textContent = "Total";
+  total.insertCell().textContent = summary.class_name;
+  total.insertCell().textContent = `${summary.trainable_params.toLocaleString()} trainable`;
+  total.insertCell().textContent = summary.total_params.toLocaleString();
+}
+
+function showPrediction(card, prediction) {
+  card.querySelector(".digit").textContent = prediction.digit;
+  card.querySelector(".confidence").textContent =
+    `${(prediction.confidence * 100).toFixed(1)}% sure`;
+  const preview = card.querySelector(".preview");
+  preview.src = `data:image/png;base64,${prediction.model_input}`;
+  card.querySelectorAll(".bars li").forEach((item, digit) => {
+    const probability = prediction.probabilities[digit];
+    item.querySelector(".fill").style.width = `${(probability * 100).toFixed(1)}%`;
+    item.querySelector(".value").textContent = `${(probability * 100).toFixed(1)}%`;
+    item.classList.toggle("top", digit === prediction.digit);
+  });
+}
+
+// ---- asking the models -----------------------------------------------------------------
+
+let latestRequest = 0;
+
+async function classify(blob) {
+  const requestId = ++latestRequest;
+  setStatus("Asking the models…");
+  const ready = [...cards.entries()].filter(([, card]) => !card.classList.contains("unavailable"));
+  const answers = await Promise.all(ready.map(async ([style, card]) => {
+    const response = await fetch(`/models/${style}/predict?debug=true`, {
+      method: "POST",
+      headers: { "Content-Type": blob.type || "application/octet-stream" },
+      body: blob,
+    });
+    const body = await response.json();
+    return { style, card, ok: response.ok, body };
+  }));
+  if (requestId !== latestRequest) return; // a newer drawing is on its way
+  const failure = answers.find((answer) => !answer.ok);
+  if (failure) {
+    setStatus(failure.body.detail || "The service could not read that image.", true);
+    return;
+  }
+  for (const { card, body } of answers) showPrediction(card, body.predictions[0]);
+  setStatus(answers.map(({ style, body }) => `${style}: ${body.predictions[0].digit}`).join(" · "));
+}
+
+// ---- drawing ---------------------------------------------------------------------------
+
+let drawing = false;
+
+function point(event) {
+  const box = pad.getBoundingClientRect();
+  return [(event.clientX - box.left) * (pad.width / box.width),
+          (event.clientY - box.top) * (pad.height / box.height)];
+}
+
+pad.addEventListener("pointerdown", (event) => {
+  drawing = true;
+  pad.setPointerCapture(event.pointerId);
+  const [x, y] = point(event);
+  context.beginPath();
+  context.moveTo(x, y);
+  context.lineTo(x + 0.1, y + 0.1);
+  context.stroke();
+});
+pad.addEventListener("pointermove", (event) => {
+  if (!drawing) return;
+  const [x, y] = point(event);
+  context.lineTo(x, y);
+  context.stroke();
+});
+function endStroke() {
+  if (!drawing) return;
+  drawing = false;
+  // The canvas export is dark strokes on transparent pixels, exactly as apps send them.
+  pad.toBlob((blob) => classify(blob), "image/png");
+}
+pad.addEventListener("pointerup", endStroke);
+pad.addEventListener("pointercancel", endStroke);
+
+function clearPad() {
+  context.clearRect(0, 0, pad.width, pad.height);
+  setStatus("Draw a digit to start.");
+}
+
+function setUpPen() {
+  context.lineWidth = 18;
+  context.lineCap = "round";
+  context.lineJoin = "round";
+  context.strokeStyle = "#111";
+}
+
+document.getElementById("clear").addEventListener("click", clearPad);
+pad.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" || event.key === "Delete" || event.key === "Backspace") clearPad();
+});
+
+// ---- uploading -------------------------------------------------------------------------
+
+function useFile(file) {
+  if (!file) return;
+  clearPad();
+  const image = new Image();
+  const url = URL.createObjectURL(file);
+  image.onload = () => {
+    const scale = Math.min(pad.width / image.width, pad.height / image.height);
+    const width = image.width * scale;
+    const height = image.height * scale;
+    context.drawImage(image, (pad.width - width) / 2, (pad.height - height) / 2, width, height);
+    URL.revokeObjectURL(url);
+  };
+  image.onerror = () => URL.revokeObjectURL(url);
+  image.src = url;
+  classify(file); // the original file, not the thumbnail: the service does the work
+}
+
+document.getElementById("file").addEventListener("change", (event) => {
+  useFile(event.target.files[0]);
+  event.target.value = "";
+});
+
+const dropZone = document.getElementById("drop");
+for (const target of [dropZone, pad]) {
+  target.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    dropZone.classList.add("over");
+  });
+  target.addEventListener("dragleave", () => dropZone.classList.remove("over"));
+  target.addEventListener("drop", (event) => {
+    event.preventDefault();
+    dropZone.classList.remove("over");
+    useFile(event.dataTransfer.files[0]);
+  });
+}
+
+setUpPen();
+loadModels().catch((error) => setStatus(`Could not reach the service: ${error}`, true));
