@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from app.dependencies import ServiceDep, SettingsDep
 from app.schemas import PredictResponse
+from app.service import PredictionService
+from app.settings import Settings
 from app.uploads import read_uploads
 from digit_contract import Style
 
@@ -32,26 +34,28 @@ REQUEST_BODY = {
 DebugQuery = Query(False, description="Add the 28x28 image each model saw (base64 PNG).")
 
 
-@router.post("/predict", openapi_extra=REQUEST_BODY, response_model_exclude_none=True)
+@router.post("/predict", openapi_extra=REQUEST_BODY, response_model=PredictResponse)
 async def predict(request: Request, service: ServiceDep, settings: SettingsDep,
-                  model: Style | None = None, debug: bool = DebugQuery) -> PredictResponse:
+                  model: Style | None = None, debug: bool = DebugQuery) -> Response:
     """Classify one or more digit images with the default (or ?model=) style."""
     return await _predict(request, service, settings, model or settings.default_model, debug)
 
 
 @router.post("/models/{style}/predict", openapi_extra=REQUEST_BODY,
-             response_model_exclude_none=True)
+             response_model=PredictResponse)
 async def predict_with(request: Request, style: Style, service: ServiceDep,
-                       settings: SettingsDep, debug: bool = DebugQuery) -> PredictResponse:
+                       settings: SettingsDep, debug: bool = DebugQuery) -> Response:
     """Classify one or more digit images with the given style."""
     return await _predict(request, service, settings, style, debug)
 
 
-async def _predict(request: Request, service, settings, style: Style,
-                   debug: bool) -> PredictResponse:
+async def _predict(request: Request, service: PredictionService, settings: Settings,
+                   style: Style, debug: bool) -> Response:
     request.state.model = style.value
     service.registry.get(style)  # fail fast, before reading the body, on an unserved model
     uploads = await read_uploads(request, settings.max_upload_bytes,
                                  settings.max_images_per_request)
     request.state.images = len(uploads)
-    return await service.predict(style, uploads, debug)
+    answer = await service.predict(style, uploads, debug)
+    # Serialised by pydantic-core straight to JSON bytes: this is the hot path.
+    return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")

@@ -1,0 +1,307 @@
+"""`make bench`: the service against the raw model, the HTTP floor and a naive service.
+
+Everything is measured in one run on this machine, one server at a time, with `wrk` as
+the load generator on loopback. Writes bench/results/<date>.md, .json and .png.
+
+    python -m bench.run [--seconds 10] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist-train.npz"
+BOUNDARY = "digit-bench-boundary"
+CONCURRENCY = (1, 8, 32, 64)
+UVICORN_FAST = ["--loop", "uvloop", "--http", "httptools", "--no-access-log",
+                "--log-level", "warning"]
+
+
+# --- request bodies -----------------------------------------------------------------------
+
+def sample_digits(count: int) -> np.ndarray:
+    """Held-out MNIST digits when the shared data is here, else simple drawn strokes."""
+    path = Path(os.environ.get("DIGITS_MNIST", SHARED_MNIST))
+    if path.is_file():
+        with np.load(path) as data:
+            return data["x_train"][-count:]
+    digits = np.zeros((count, 28, 28), dtype=np.uint8)
+    digits[:, 4:24, 13:16] = 255
+    return digits
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def multipart(images: list[bytes]) -> bytes:
+    parts = [f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+             f'filename="{i}.png"\r\nContent-Type: image/png\r\n\r\n'.encode() + data + b"\r\n"
+             for i, data in enumerate(images)]
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+# --- servers and load ---------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except Exception:  # noqa: BLE001 - not up yet
+        return None
+
+
+@contextlib.contextmanager
+def server(command: list[str], ready_path: str, env: dict | None = None, log: Path | None = None):
+    """Start a server on a free 127.0.0.1 port; yield (base url, process, seconds to ready)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [arg.replace("{port}", str(port)) for arg in command]
+    log_file = open(log or os.devnull, "ab")  # noqa: SIM115 - closed below
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})},
+                               stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        while http_status(base + ready_path) != 200:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command} exited with {process.returncode}; see {log}")
+            if time.perf_counter() - started > 180:
+                raise RuntimeError(f"{command} not ready after 180 s")
+            time.sleep(0.05)
+        yield base, process, time.perf_counter() - started
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log_file.close()
+
+
+def wrk(url: str, body: bytes, connections: int, seconds: int) -> dict:
+    """Drive `url` with wrk (one thread) and parse its report."""
+    with tempfile.NamedTemporaryFile(suffix=".body") as body_file:
+        body_file.write(body)
+        body_file.flush()
+        env = {**os.environ, "BODY_FILE": body_file.name,
+               "BODY_TYPE": f"multipart/form-data; boundary={BOUNDARY}"}
+        command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout",
+                   "10s", "-s", str(REPO / "bench" / "post.lua"), url]
+        report = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    return parse_wrk(report)
+
+
+def parse_wrk(report: str) -> dict:
+    def milliseconds(value: str) -> float:
+        number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value).groups()
+        return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+    percentiles = dict(re.findall(r"^\s+(50|99)(?:\.000)?%\s+(\S+)", report, re.MULTILINE))
+    requests = int(re.search(r"(\d+) requests in", report).group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", report)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                        report)
+    errors = (int(non_2xx.group(1)) if non_2xx else 0) + (
+        sum(int(n) for n in sockets.groups()) if sockets else 0)
+    return {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", report).group(1)),
+            "p50_ms": milliseconds(percentiles["50"]), "p99_ms": milliseconds(percentiles["99"]),
+            "requests": requests, "errors": errors}
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+
+
+# --- the measurements ---------------------------------------------------------------------
+
+def raw_ceiling(model_path: Path, digits: np.ndarray, seconds: float) -> dict:
+    """The SavedModel's serving function in-process: images/s at batch 1 and 128."""
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(model_path)).signatures["serving_default"]
+    results = {}
+    for batch_size in (1, 128):
+        batch = tf.constant(np.resize(digits, (batch_size, 28, 28, 1)).astype(np.float32) / 255)
+        serve(batch)
+        calls, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            serve(batch)
+            calls += 1
+        results[f"batch_{batch_size}_images_per_s"] = calls * batch_size / (
+            time.perf_counter() - started)
+    return results
+
+
+def run(seconds: int, out_dir: Path) -> dict:
+    python = sys.executable
+    digits = sample_digits(64)
+    single, batch64 = multipart([png(digits[0])]), multipart([png(d) for d in digits])
+    logs = Path(tempfile.mkdtemp(prefix="digits-bench-"))
+    results: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                     "cpus": os.cpu_count(), "seconds_per_run": seconds}
+
+    print("raw model ceiling…", flush=True)
+    results["raw"] = raw_ceiling(REPO / "models" / "sequential" / "1", digits, seconds / 2)
+
+    print("HTTP floor…", flush=True)
+    with server([python, "-m", "uvicorn", "bench.floor_app:app", "--port", "{port}",
+                 *UVICORN_FAST], "/docs", log=logs / "floor.log") as (base, _, _):
+        wrk(base + "/predict", single, 32, 2)
+        results["floor"] = wrk(base + "/predict", single, 32, seconds)
+        results["floor_bare"] = wrk(base + "/bare", single, 32, seconds)
+
+    print("naive model.predict service…", flush=True)
+    with server([python, "-m", "uvicorn", "bench.naive_app:app", "--port", "{port}",
+                 *UVICORN_FAST], "/docs", log=logs / "naive.log") as (base, _, _):
+        wrk(base + "/predict", single, 32, 2)
+        results["naive"] = wrk(base + "/predict", single, 32, seconds)
+
+    print("digit-service…", flush=True)
+    with server([python, "-m", "app", "--port", "{port}"], "/readyz",
+                env={"DIGITS_LOG_LEVEL": "warning"}, log=logs / "service.log") as (base, process,
+                                                                                   cold):
+        results["service_cold_start_s"] = cold
+        results["service_rss_mb_ready"] = rss_mb(process.pid)
+        wrk(base + "/predict", single, 32, 2)
+        results["service"] = {c: wrk(base + "/predict", single, c, seconds) for c in CONCURRENCY}
+        results["service_batch64"] = wrk(base + "/predict", batch64, 8, seconds)
+        results["service_rss_mb_after"] = rss_mb(process.pid)
+    results["targets"] = check_targets(results)
+    write_report(results, out_dir)
+    shutil.rmtree(logs, ignore_errors=True)
+    return results
+
+
+def check_targets(r: dict) -> list[dict]:
+    at32, at1, at64 = r["service"][32], r["service"][1], r["service"][64]
+    batch_images = r["service_batch64"]["requests_per_s"] * 64
+    errors = sum(m["errors"] for m in r["service"].values()) + r["service_batch64"]["errors"]
+    targets = [
+        ("req/s at c=32 vs HTTP floor", at32["requests_per_s"] / r["floor"]["requests_per_s"],
+         0.5, "ratio"),
+        ("req/s at c=32 vs naive model.predict",
+         at32["requests_per_s"] / r["naive"]["requests_per_s"], 50, "ratio"),
+        ("p50 at c=1 (ms, at most)", at1["p50_ms"], 3.0, "max"),
+        ("64-image requests vs raw batch-128 ceiling (images/s)",
+         batch_images / r["raw"]["batch_128_images_per_s"], 0.4, "ratio"),
+        ("p99 at c=64 (ms, at most)", at64["p99_ms"], 100.0, "max"),
+        ("errors (at most)", errors, 0, "max"),
+    ]
+    return [{"target": name, "measured": value, "goal": goal,
+             "met": value <= goal if kind == "max" else value >= goal}
+            for name, value, goal, kind in targets]
+
+
+# --- the report ---------------------------------------------------------------------------
+
+def write_report(r: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / r["date"][:10]
+    stem.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown(r))
+    chart(r, stem.with_suffix(".png"))
+    print(markdown(r))
+
+
+def markdown(r: dict) -> str:
+    rows = [("HTTP floor: FastAPI `UploadFile` endpoint, no work", 32, r["floor"]),
+            ("(reference: raw body read, no form parsing)", 32, r["floor_bare"]),
+            ("naive `model.predict` per request", 32, r["naive"]),
+            *[("digit-service, 1 image/request", c, m) for c, m in r["service"].items()],
+            ("digit-service, 64 images/request", 8, r["service_batch64"])]
+    lines = [
+        f"# Benchmark {r['date']}", "",
+        f"{r['cpus']} CPUs, one server process at a time, `wrk -t1`, {r['seconds_per_run']} s "
+        "per run, multipart PNG uploads of held-out MNIST digits. Reproduce: `make bench`.", "",
+        "| what | concurrency | req/s | images/s | p50 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, concurrency, m in rows:
+        images = m["requests_per_s"] * (64 if "64 images" in name else 1)
+        lines.append(f"| {name} | {concurrency} | {m['requests_per_s']:,.0f} | {images:,.0f} | "
+                     f"{m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['errors']} |")
+    raw = r["raw"]
+    lines += [
+        "", f"Raw SavedModel serving function, in-process: "
+        f"{raw['batch_1_images_per_s']:,.0f} images/s at batch 1, "
+        f"{raw['batch_128_images_per_s']:,.0f} images/s at batch 128.",
+        f"Service cold start to ready: {r['service_cold_start_s']:.1f} s; RSS "
+        f"{r['service_rss_mb_ready']:.0f} MiB when ready, {r['service_rss_mb_after']:.0f} MiB "
+        "after the runs.", "",
+        "| target | measured | goal | met |", "|---|---:|---:|:---:|",
+    ]
+    for t in r["targets"]:
+        lines.append(f"| {t['target']} | {t['measured']:.2f} | {t['goal']} | "
+                     f"{'yes' if t['met'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    concurrency = list(r["service"])
+    figure, (throughput, tail) = plt.subplots(1, 2, figsize=(10, 3.8))
+    throughput.plot(concurrency, [m["requests_per_s"] for m in r["service"].values()],
+                    marker="o", label="digit-service")
+    tail.plot(concurrency, [m["p99_ms"] for m in r["service"].values()], marker="o",
+              label="digit-service")
+    for name, key, marker in (("HTTP floor", "floor", "s"), ("naive predict", "naive", "^")):
+        throughput.scatter([32], [r[key]["requests_per_s"]], marker=marker, label=name, zorder=3)
+        tail.scatter([32], [r[key]["p99_ms"]], marker=marker, label=name, zorder=3)
+    throughput.set(xscale="log", yscale="log", xlabel="concurrent clients",
+                   ylabel="requests/s (1 image each)", title="Throughput")
+    tail.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="p99 latency (ms)",
+             title="Tail latency")
+    for axis in (throughput, tail):
+        axis.set_xticks(concurrency, [str(c) for c in concurrency])
+        axis.grid(alpha=0.3, which="both")
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    run(args.seconds, args.out)
+
+
+if __name__ == "__main__":
+    main()
