@@ -8,7 +8,7 @@ DATA ?= ../shared/data/mnist-train.npz
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv serve test test-slow lint train bench clean
+.PHONY: venv serve test test-slow lint train bench figures clean
 
 $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import sys" 2>/dev/null || (rm -rf $(VENV) && $(PYTHON) -m venv $(VENV))
@@ -32,6 +32,12 @@ lint: $(STAMP)
 
 train: $(STAMP)
 	$(BIN)/python -m training --style all --data $(DATA)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+figures: $(STAMP)
+	$(BIN)/python -m scripts.preprocessing_figure --data $(DATA)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -35,7 +35,7 @@ class LoadedModel:
     device: str
     path: Path
     metadata: dict
-    serve: Callable[[tf.Tensor], dict[str, tf.Tensor]]
+    serve: Callable[[tf.Tensor], tf.Tensor]
     # Versions above `version` that failed to load; empty when the newest one serves.
     skipped: tuple[str, ...] = ()
     # The loaded SavedModel object: the signature function only holds weak references to
@@ -45,8 +45,7 @@ class LoadedModel:
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities [n, 10] for float32 images [n, 28, 28, 1]."""
         with tf.device(self.device):
-            outputs = self.serve(tf.convert_to_tensor(images, dtype=tf.float32))
-        return next(iter(outputs.values())).numpy()
+            return self.serve(tf.convert_to_tensor(images, dtype=tf.float32)).numpy()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,11 +114,26 @@ def load_version(path: Path, style: Style, version: int, versions: tuple[int, ..
     metadata = json.loads((path / METADATA_FILE).read_text())
     with tf.device(device):
         saved = tf.saved_model.load(str(path))
-    serve = saved.signatures[SIGNATURE_NAME]
+    serve = serving_function(saved)
     model = LoadedModel(style=style, version=version, versions=versions, device=device,
                         path=path, metadata=metadata, serve=serve, saved_model=saved)
     warm_up(model)
     return model
+
+
+def serving_function(saved) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The model as one concrete function: float32 [n, 28, 28, 1] -> probabilities [n, 10].
+
+    Keras exports the same graph twice: as the `serve` endpoint and wrapped in the
+    `serving_default` signature for TensorFlow Serving. On CPU the signature's extra call
+    layer costs about 3 ms per call against 0.5 ms for the endpoint, so the endpoint is
+    used when the SavedModel has it; the signature is the fallback.
+    """
+    endpoint = getattr(saved, "serve", None)
+    if endpoint is not None:
+        return endpoint.get_concrete_function(tf.TensorSpec((None, *INPUT_SHAPE), tf.float32))
+    signature = saved.signatures[SIGNATURE_NAME]
+    return lambda images: next(iter(signature(images).values()))
 
 
 def warm_up(model: LoadedModel) -> None:

@@ -79,3 +79,15 @@ def test_gpu_without_a_gpu_fails_start_up_clearly(tiny_model_dir):
     app = create_app(Settings(model_dir=tiny_model_dir, device="gpu"))
     with pytest.raises(DeviceUnavailable), TestClient(app):
         pass
+
+
+def test_the_served_function_matches_the_serving_signature(tiny_model_dir):
+    from app.registry import load_style
+    from digit_contract import Style
+
+    images = tf.random.uniform((7, 28, 28, 1))
+    for style in Style:
+        model = load_style(tiny_model_dir / style.value, style, "/CPU:0")
+        signature = tf.saved_model.load(str(model.path)).signatures["serving_default"]
+        expected = next(iter(signature(images).values())).numpy()
+        assert abs(model.predict(images.numpy()) - expected).max() < 1e-6
