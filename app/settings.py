@@ -29,8 +29,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, gt=0, description="Largest width x height decoded (decompression bombs).")
     max_batch_size: int = Field(128, gt=0, description="Most images in one model call.")
-    batch_timeout_ms: float = Field(2.0, ge=0,
-                                    description="Longest wait for more images to fill a batch.")
+    batch_timeout_ms: float = Field(
+        0.0, ge=0, description="Longest wait for more images before a model call; 0 runs as "
+        "soon as the model is free (batches then form from what queued while it was busy).")
     max_queue_images: int = Field(4096, gt=0,
                                   description="Images waiting per model before 503 + Retry-After.")
     log_level: str = Field("info", description="debug, info, warning or error.")
