@@ -38,6 +38,7 @@ bench: $(STAMP)
 
 figures: $(STAMP)
 	$(BIN)/python -m scripts.preprocessing_figure --data $(DATA)
+	$(BIN)/python -m scripts.page_screenshot
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
