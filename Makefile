@@ -8,12 +8,12 @@ DATA ?= ../shared/data/mnist-train.npz
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv serve test test-slow lint train bench figures clean
+.PHONY: venv serve test test-slow lint train bench figures deploy-check docker-smoke clean
 
 $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import sys" 2>/dev/null || (rm -rf $(VENV) && $(PYTHON) -m venv $(VENV))
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,deploy]"
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -39,6 +39,20 @@ bench: $(STAMP)
 figures: $(STAMP)
 	$(BIN)/python -m scripts.preprocessing_figure --data $(DATA)
 	$(BIN)/python -m scripts.page_screenshot
+
+# Lint the Dockerfile, validate the compose file for every profile with Compose's own
+# parser, and the Kubernetes manifests against their schemas, offline.
+COMPOSE = $(shell $(BIN)/python -c 'import compose, os; print(os.path.dirname(compose.__file__))' 2>/dev/null)/docker-compose
+deploy-check: $(STAMP)
+	$(BIN)/hadolint Dockerfile
+	$(COMPOSE) config --quiet
+	$(COMPOSE) --profile gpu config --quiet
+	$(COMPOSE) --profile train config --quiet
+	$(COMPOSE) -f docker-compose.yml -f deploy/compose.smoke.yml config --quiet
+	$(BIN)/kubernetes-validate --strict deploy/k8s/*.yaml
+
+docker-smoke: $(STAMP)
+	scripts/docker-smoke.sh
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
