@@ -49,8 +49,8 @@ BatchObserver = Callable[[int, float, float], None]
 """Called with (images in the model call, seconds the oldest job waited, seconds it ran)."""
 
 
-def _identity(payload: np.ndarray) -> np.ndarray:
-    return payload
+def _identity(payloads: list[Any]) -> list[Any]:
+    return payloads
 
 
 class Batcher:
@@ -58,13 +58,15 @@ class Batcher:
 
     Args:
         predict: the model: an array of n inputs -> an array of n outputs.
-        prepare: turns one request's payload into its model inputs ([size, ...]); runs in
-            the batch thread, and an exception fails that request alone.
+        prepare: turns the payloads of a batch's requests into their model inputs, one
+            array ([size, ...]) or exception per request, in order; runs in the batch
+            thread, and an exception fails that request alone.
     """
 
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], *, max_batch_size: int,
                  timeout_s: float, max_queue_images: int,
-                 prepare: Callable[[Any], np.ndarray] = _identity, name: str = "model",
+                 prepare: Callable[[list[Any]], list[np.ndarray | Exception]] = _identity,
+                 name: str = "model",
                  observe: BatchObserver | None = None):
         self._predict = predict
         self._prepare = prepare
@@ -162,12 +164,10 @@ class Batcher:
 
     def _run_batch(self, jobs: list[_Job]) -> list[BatchResult | Exception]:
         waited = time.perf_counter() - jobs[0].enqueued_at
-        outcomes: list[Any] = []
-        for job in jobs:
-            try:
-                outcomes.append(self._prepare(job.payload))
-            except Exception as error:  # noqa: BLE001 - a bad request fails alone
-                outcomes.append(error)
+        try:
+            outcomes: list[Any] = list(self._prepare([job.payload for job in jobs]))
+        except Exception as error:  # noqa: BLE001 - preparing failed as a whole
+            return [error] * len(jobs)
         ready = [i for i, outcome in enumerate(outcomes) if not isinstance(outcome, Exception)]
         if not ready:
             return outcomes

@@ -11,15 +11,17 @@ from app.service import PredictionService
 from app.settings import Settings
 
 
-def get_service(request: Request) -> PredictionService:
+# `async def` on purpose: FastAPI runs plain `def` dependencies in its thread pool, a
+# thread hand-off per dependency per request for what is an attribute lookup.
+async def get_service(request: Request) -> PredictionService:
     return request.state.service
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.state.settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.state.metrics
 
 

@@ -1,4 +1,4 @@
-"""Predictions: uploads -> batched preprocessing and model call (a worker thread) -> response."""
+"""Predictions: uploads -> batch -> preprocessing workers -> one model call -> responses."""
 
 from __future__ import annotations
 
@@ -10,29 +10,24 @@ from PIL import Image
 
 from app.batching import Batcher
 from app.observability import Metrics
-from app.preprocessing import (
-    ImageError,
-    ImageTooLarge,
-    preprocess,
-    set_pillow_pixel_limit,
-)
+from app.preprocess_workers import PreprocessWorkers
 from app.registry import LoadedModel, ModelRegistry
 from app.schemas import Prediction, PredictResponse
 from app.settings import Settings
-from app.uploads import Upload, UploadError
-from digit_contract import IMAGE_SIZE, Style, scale_pixels
+from app.uploads import Upload
+from digit_contract import Style, scale_pixels
 
 
 class PredictionService:
-    """Owns the model registry and one batcher per served model."""
+    """Owns the model registry, the preprocessing workers and one batcher per model."""
 
     def __init__(self, registry: ModelRegistry, settings: Settings, metrics: Metrics):
         self.registry = registry
         self.settings = settings
         self.metrics = metrics
-        set_pillow_pixel_limit(settings.max_image_pixels)
+        self.preprocess = PreprocessWorkers(settings.preprocess_workers, settings.max_image_pixels)
         self.batchers = {
-            style: Batcher(model_on_pixels(model), prepare=self.prepare,
+            style: Batcher(model_on_pixels(model), prepare=self.preprocess,
                            max_batch_size=settings.max_batch_size,
                            timeout_s=settings.batch_timeout_ms / 1000,
                            max_queue_images=settings.max_queue_images, name=style.value,
@@ -41,31 +36,20 @@ class PredictionService:
         }
 
     def start(self) -> None:
+        self.preprocess.start()
         for batcher in self.batchers.values():
             batcher.start()
 
     async def stop(self) -> None:
         for batcher in self.batchers.values():
             await batcher.stop()
+        self.preprocess.close()
 
     async def predict(self, style: Style, uploads: list[Upload], debug: bool) -> PredictResponse:
         model = self.registry.get(style)
         self.metrics.images_per_request.labels(style.value).observe(len(uploads))
         result = await self.batchers[style].submit(uploads, size=len(uploads))
         return build_response(model, result.outputs, result.inputs if debug else None)
-
-    def prepare(self, uploads: list[Upload]) -> np.ndarray:
-        """Preprocess every upload to uint8 [n, 28, 28]; the first bad one fails the request,
-        named in the message."""
-        pixels = np.empty((len(uploads), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-        for i, upload in enumerate(uploads):
-            try:
-                pixels[i] = preprocess(upload.data, self.settings.max_image_pixels).pixels
-            except ImageTooLarge as error:
-                raise UploadError(413, f"{upload.label}: {error}") from error
-            except ImageError as error:
-                raise UploadError(400, f"{upload.label}: {error}") from error
-        return pixels
 
 
 def model_on_pixels(model: LoadedModel):

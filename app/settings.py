@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 
@@ -34,6 +35,9 @@ class Settings(BaseSettings):
         "soon as the model is free (batches then form from what queued while it was busy).")
     max_queue_images: int = Field(4096, gt=0,
                                   description="Images waiting per model before 503 + Retry-After.")
+    preprocess_workers: int = Field(
+        default_factory=lambda: min(4, os.cpu_count() or 1), ge=0,
+        description="Processes decoding images; 0 decodes in the server process.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     access_log: bool = Field(True, description="One JSON log line per request.")
     host: str = Field("127.0.0.1", description="Bind address for `python -m app`.")

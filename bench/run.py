@@ -147,7 +147,10 @@ def raw_ceiling(model_path: Path, digits: np.ndarray, seconds: float) -> dict:
     """The SavedModel's serving function in-process: images/s at batch 1 and 128."""
     import tensorflow as tf
 
-    serve = tf.saved_model.load(str(model_path)).signatures["serving_default"]
+    from app.registry import serving_function
+
+    saved = tf.saved_model.load(str(model_path))
+    serve = serving_function(saved)  # the same function the service calls
     results = {}
     for batch_size in (1, 128):
         batch = tf.constant(np.resize(digits, (batch_size, 28, 28, 1)).astype(np.float32) / 255)

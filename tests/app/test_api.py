@@ -318,3 +318,22 @@ def test_the_page_is_served(client):
     assert 'src="/static/app.js"' in page.text
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/static/style.css").status_code == 200
+
+
+@pytest.mark.parametrize("body", [
+    b"--b\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc",  # truncated
+    b"--b\r\nContent-Disposition: form-data; name=\"file\"abc\r\n--b--\r\n",  # no header end
+    b"no boundary anywhere",
+])
+def test_malformed_multipart_is_400(client, body):
+    response = client.post("/predict", content=body,
+                           headers={"content-type": "multipart/form-data; boundary=b"})
+    assert response.status_code == 400 and "ultipart" in response.json()["detail"]
+
+
+def test_multipart_filenames_and_quoted_fields_are_read(client):
+    body = (b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="my; seven.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + PNG + b"\r\n--xyz--\r\n")
+    response = client.post("/predict", content=body,
+                           headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert response.status_code == 200 and len(response.json()["predictions"]) == 1

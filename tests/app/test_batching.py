@@ -144,10 +144,9 @@ def test_a_failing_request_fails_alone():
 
 
 def test_a_request_that_cannot_be_prepared_fails_alone():
-    def prepare(payload):
-        if payload == "broken":
-            raise ValueError("cannot decode")
-        return images(float(payload))
+    def prepare(payloads):
+        return [ValueError("cannot decode") if p == "broken" else images(float(p))
+                for p in payloads]
 
     async def scenario():
         model = RecordingModel()

@@ -1,0 +1,108 @@
+"""Preprocessing in worker processes.
+
+Decoding and normalising an image is mostly Python and small numpy calls, which hold the
+GIL: in the server process a big batch would compete with the event loop for it. Worker
+processes run big batches truly in parallel, and a decoder crash takes down a worker, not
+the service. Each such batch costs one round trip per worker, not one per image.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+
+from app.preprocessing import ImageError, ImageTooLarge, preprocess, set_pillow_pixel_limit
+from app.uploads import Upload, UploadError
+
+logger = logging.getLogger("digits.preprocess")
+
+# Handing work to a process costs a few hundred microseconds of the server's own time
+# (pickling, pipes, the pool's helper threads), more than decoding one small image. Small
+# batches are therefore prepared in the batch thread; the workers take a batch from this
+# many images, or this many encoded bytes (photos), up.
+POOL_MIN_IMAGES = 32
+POOL_MIN_BYTES = 256 * 1024
+
+
+def prepare_images(blobs: list[bytes], max_pixels: int) -> list[np.ndarray | ImageError]:
+    """Each encoded image as uint8 [28, 28], or the ImageError that rejected it."""
+    prepared: list[np.ndarray | ImageError] = []
+    for data in blobs:
+        try:
+            prepared.append(preprocess(data, max_pixels).pixels)
+        except ImageError as error:
+            prepared.append(error)
+    return prepared
+
+
+class PreprocessWorkers:
+    """Turns the uploads of a batch of requests into digits, one array or error per request.
+
+    Args:
+        processes: worker processes; 0 preprocesses in the calling thread instead.
+        max_pixels: the largest width x height decoded.
+    """
+
+    def __init__(self, processes: int, max_pixels: int):
+        self.processes = processes
+        self.max_pixels = max_pixels
+        self._pool: ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        set_pillow_pixel_limit(self.max_pixels)
+        if self.processes > 0:
+            self._pool = self._new_pool()
+            # Start every worker now, so the first requests don't wait for them to spawn.
+            warm = [self._pool.submit(prepare_images, [], self.max_pixels)
+                    for _ in range(self.processes)]
+            for future in warm:
+                future.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __call__(self, requests: list[list[Upload]]) -> list[np.ndarray | UploadError]:
+        blobs = [upload.data for uploads in requests for upload in uploads]
+        results = self._prepare(blobs)
+        outcomes: list[np.ndarray | UploadError] = []
+        start = 0
+        for uploads in requests:
+            mine = results[start: start + len(uploads)]
+            start += len(uploads)
+            failure = next(((u, r) for u, r in zip(uploads, mine, strict=True)
+                            if isinstance(r, ImageError)), None)
+            outcomes.append(as_upload_error(*failure) if failure else np.stack(mine))
+        return outcomes
+
+    def _prepare(self, blobs: list[bytes]) -> list[np.ndarray | ImageError]:
+        small = len(blobs) < POOL_MIN_IMAGES and sum(map(len, blobs)) < POOL_MIN_BYTES
+        if self._pool is None or small:
+            return prepare_images(blobs, self.max_pixels)
+        chunks = np.array_split(np.arange(len(blobs)), min(self.processes, len(blobs)))
+        futures = [self._pool.submit(prepare_images, [blobs[i] for i in chunk], self.max_pixels)
+                   for chunk in chunks]
+        try:
+            return [result for future in futures for result in future.result()]
+        except BrokenProcessPool:
+            # A worker died (a decoder crash, the OOM killer): replace the pool and do this
+            # batch here, so the requests still get their answers.
+            logger.error("a preprocessing worker died; restarting the pool")
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            return prepare_images(blobs, self.max_pixels)
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # "spawn": forking a process that has started TensorFlow's threads is unsafe.
+        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=set_pillow_pixel_limit,
+                                   initargs=(self.max_pixels,))
+
+
+def as_upload_error(upload: Upload, error: ImageError) -> UploadError:
+    status = 413 if isinstance(error, ImageTooLarge) else 400
+    return UploadError(status, f"{upload.label}: {error}")

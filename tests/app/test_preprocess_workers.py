@@ -1,0 +1,52 @@
+"""Preprocessing in worker processes: results per request, errors named, crashes survived."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from app.preprocess_workers import POOL_MIN_IMAGES, PreprocessWorkers
+from app.uploads import Upload, UploadError
+from tests.images import draw_one, encode
+
+GOOD = encode(draw_one())
+
+
+@pytest.fixture(scope="module")
+def workers():
+    workers = PreprocessWorkers(processes=2, max_pixels=4_000_000)
+    workers.start()
+    yield workers
+    workers.close()
+
+
+def uploads(count: int, bad_at: int | None = None) -> list[Upload]:
+    return [Upload(f"file #{i + 1}", b"broken" if i == bad_at else GOOD) for i in range(count)]
+
+
+def test_a_big_batch_is_prepared_by_the_workers_in_request_order(workers):
+    requests = [uploads(POOL_MIN_IMAGES), uploads(3, bad_at=1), uploads(5)]
+    good, bad, other = workers(requests)
+    assert good.shape == (POOL_MIN_IMAGES, 28, 28) and good.dtype == np.uint8
+    assert other.shape == (5, 28, 28)
+    assert (good == good[0]).all() and (other[0] == good[0]).all()
+    assert isinstance(bad, UploadError) and bad.status_code == 400
+    assert bad.detail.startswith("file #2:")
+
+
+def test_small_batches_give_the_same_digits(workers):
+    (small,) = workers([uploads(1)])
+    (big,) = workers([uploads(POOL_MIN_IMAGES)])
+    assert (small[0] == big[0]).all()
+
+
+def test_a_dead_worker_is_replaced_and_the_batch_still_answered(workers):
+    for process in list(workers._pool._processes.values()):
+        os.kill(process.pid, signal.SIGKILL)
+    (answer,) = workers([uploads(POOL_MIN_IMAGES)])
+    assert answer.shape == (POOL_MIN_IMAGES, 28, 28)
+    (again,) = workers([uploads(POOL_MIN_IMAGES)])  # the new pool works too
+    assert (again == answer).all()
