@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", default=None, help="overrides DIGITS_MODEL_DIR")
     args = parser.parse_args(argv)
     if args.model_dir:
-        settings = settings.model_copy(update={"model_dir": args.model_dir})
+        settings = Settings(model_dir=args.model_dir)  # validated, like the environment
     uvicorn.run(
         create_app(settings), host=args.host, port=args.port, log_level=settings.log_level,
         loop="uvloop", http="httptools",

@@ -39,6 +39,9 @@ cleanup() {
     "$compose" "${compose_files[@]}" down --timeout 40 >/dev/null 2>&1 || true
     kill "$dockerd_pid" 2>/dev/null || true
     wait "$dockerd_pid" 2>/dev/null || true
+    # dockerd leaves its network namespace mounted under its exec root.
+    find /run/digits-docker -type f -path '*/netns/*' -exec umount {} \; 2>/dev/null || true
+    rm -rf /run/digits-docker /run/digits-dockerd.pid "$socket"
     if [ "${KEEP_DOCKER_STATE:-0}" != 1 ]; then rm -rf "$state"; fi
 }
 trap cleanup EXIT
