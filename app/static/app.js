@@ -52,15 +52,19 @@ async function loadSummary(style, card) {
   const body = card.querySelector("tbody");
   for (const layer of summary.layers) {
     const row = body.insertRow();
-    const shape = layer.output_shape ? `(${layer.output_shape.map((d) => d ?? "None").join(", ")})` : "?";
-    for (const text of [layer.name, layer.type, shape, layer.params.toLocaleString()]) {
-      row.insertCell().textContent = text;
-    }
+    // The batch dimension (null) is left out: 26×26×32 reads better in a narrow card.
+    const shape = layer.output_shape ? layer.output_shape.slice(1).join("×") : "?";
+    const name = row.insertCell();
+    name.textContent = layer.name;
+    const type = document.createElement("small");
+    type.textContent = layer.type;
+    name.append(document.createElement("br"), type);
+    row.insertCell().textContent = shape;
+    row.insertCell().textContent = layer.params.toLocaleString();
   }
   const total = body.insertRow();
   total.insertCell().textContent = "Total";
-  total.insertCell().textContent = summary.class_name;
-  total.insertCell().textContent = `${summary.trainable_params.toLocaleString()} trainable`;
+  total.insertCell().textContent = "";
   total.insertCell().textContent = summary.total_params.toLocaleString();
 }
 

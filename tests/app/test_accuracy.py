@@ -73,3 +73,21 @@ def test_real_world_images_are_at_least_98_percent_right(committed_client, real_
     print(f"{style.value}: {accuracy:.4f} on {len(images)} redrawn digits "
           f"({', '.join(REAL_WORLD)})")
     assert accuracy >= 0.98
+
+
+def test_a_tutorial_style_conversion_fails_on_the_same_images(real_world_images):
+    """Why the preprocessing exists: greyscale + resize to 28x28 is mostly wrong on them."""
+    import io
+
+    import tensorflow as tf
+
+    from app.registry import serving_function
+
+    images, labels, _ = real_world_images
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(data)).convert("L").resize((28, 28)))
+                       for data in images])
+    serve = serving_function(tf.saved_model.load(str(REPO_ROOT / "models/sequential/1")))
+    predicted = serve(tf.constant(pixels[..., None] / 255.0, tf.float32)).numpy().argmax(axis=1)
+    accuracy = float(np.mean(predicted == labels))
+    print(f"tutorial-style conversion, sequential: {accuracy:.4f} on the same redrawn digits")
+    assert accuracy < 0.5

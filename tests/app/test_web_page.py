@@ -138,3 +138,21 @@ def test_an_unreadable_upload_shows_the_error(page, problems, tmp_path):
     # Chromium logs each 400 answer itself; that one is expected here, nothing else is.
     page.wait_for_timeout(200)
     problems[:] = [p for p in problems if "status of 400" not in p]
+
+
+def test_the_page_fits_a_phone_screen(page):
+    page.set_viewport_size({"width": 360, "height": 740})
+    page.wait_for_timeout(100)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    box = page.locator(".card[data-style=subclassed]").bounding_box()
+    assert box["width"] <= 360
+
+
+def test_the_controls_are_labelled_and_reachable_by_keyboard(page):
+    assert page.locator("#pad").get_attribute("aria-label")
+    assert page.locator("#status").get_attribute("aria-live") == "polite"
+    focused = []
+    for _ in range(3):
+        page.keyboard.press("Tab")
+        focused.append(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
+    assert focused == ["pad", "clear", "file"]
