@@ -7,6 +7,7 @@ import io
 
 import numpy as np
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
 from app.batching import Batcher
 from app.observability import Metrics
@@ -49,7 +50,9 @@ class PredictionService:
         model = self.registry.get(style)
         self.metrics.images_per_request.labels(style.value).observe(len(uploads))
         result = await self.batchers[style].submit(uploads, size=len(uploads))
-        return build_response(model, result.outputs, result.inputs if debug else None)
+        if debug:  # encoding a PNG per image is CPU work: keep it off the event loop
+            return await run_in_threadpool(build_response, model, result.outputs, result.inputs)
+        return build_response(model, result.outputs, None)
 
 
 def model_on_pixels(model: LoadedModel):

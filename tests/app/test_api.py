@@ -337,3 +337,19 @@ def test_multipart_filenames_and_quoted_fields_are_read(client):
     response = client.post("/predict", content=body,
                            headers={"content-type": "multipart/form-data; boundary=xyz"})
     assert response.status_code == 200 and len(response.json()["predictions"]) == 1
+
+
+def test_a_full_queue_answers_503_with_retry_after(tiny_model_dir):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    settings = Settings(model_dir=tiny_model_dir, device="cpu", max_queue_images=1,
+                        preprocess_workers=0)
+    with TestClient(create_app(settings)) as small_queue:
+        response = small_queue.post("/predict", files=[("file", ("a.png", PNG, "image/png"))] * 2)
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "retry" in response.json()["detail"]
+        shed = 'digits_requests_shed_total{model="sequential"} 1.0'
+        assert shed in small_queue.get("/metrics").text
