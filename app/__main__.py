@@ -1,16 +1,19 @@
-"""`python -m app [--host H] [--port P]`: serve the models with uvicorn."""
+"""`python -m app [--host H] [--port P] [--model-dir DIR]`: serve the models with uvicorn."""
 
 from __future__ import annotations
 
 import argparse
 
-import uvicorn
-
-from app.main import create_app
-from app.settings import Settings
+# Nothing heavy is imported at module level: preprocessing worker processes are started
+# with "spawn", which re-imports this module in each of them.
 
 
 def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    from app.main import create_app
+    from app.settings import Settings
+
     settings = Settings()
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     parser.add_argument("--host", default=settings.host)

@@ -1,5 +1,9 @@
 """Preprocessing in worker processes.
 
+The workers import only `app.preprocessing` (Pillow and numpy): the function they run
+lives there, and `python -m app` keeps its heavy imports inside `main()`, since a spawned
+worker re-imports the parent's main module.
+
 Decoding and normalising an image is mostly Python and small numpy calls, which hold the
 GIL: in the server process a big batch would compete with the event loop for it. Worker
 processes run big batches truly in parallel, and a decoder crash takes down a worker, not
@@ -15,7 +19,12 @@ from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
-from app.preprocessing import ImageError, ImageTooLarge, preprocess, set_pillow_pixel_limit
+from app.preprocessing import (
+    ImageError,
+    ImageTooLarge,
+    prepare_images,
+    set_pillow_pixel_limit,
+)
 from app.uploads import Upload, UploadError
 
 logger = logging.getLogger("digits.preprocess")
@@ -26,17 +35,6 @@ logger = logging.getLogger("digits.preprocess")
 # many images, or this many encoded bytes (photos), up.
 POOL_MIN_IMAGES = 32
 POOL_MIN_BYTES = 256 * 1024
-
-
-def prepare_images(blobs: list[bytes], max_pixels: int) -> list[np.ndarray | ImageError]:
-    """Each encoded image as uint8 [28, 28], or the ImageError that rejected it."""
-    prepared: list[np.ndarray | ImageError] = []
-    for data in blobs:
-        try:
-            prepared.append(preprocess(data, max_pixels).pixels)
-        except ImageError as error:
-            prepared.append(error)
-    return prepared
 
 
 class PreprocessWorkers:

@@ -61,6 +61,17 @@ def preprocess(data: bytes, max_pixels: int) -> Prepared:
     return Prepared(center_by_mass(fit_in_box(crop_to_digit(ink))))
 
 
+def prepare_images(blobs: list[bytes], max_pixels: int) -> list[np.ndarray | ImageError]:
+    """Each encoded image as uint8 [28, 28], or the ImageError that rejected it."""
+    prepared: list[np.ndarray | ImageError] = []
+    for data in blobs:
+        try:
+            prepared.append(preprocess(data, max_pixels).pixels)
+        except ImageError as error:
+            prepared.append(error)
+    return prepared
+
+
 def decode(data: bytes, max_pixels: int) -> Image.Image:
     """Decode anything Pillow reads; reject empty, corrupt, truncated and oversized images.
 

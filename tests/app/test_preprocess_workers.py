@@ -50,3 +50,9 @@ def test_a_dead_worker_is_replaced_and_the_batch_still_answered(workers):
     assert answer.shape == (POOL_MIN_IMAGES, 28, 28)
     (again,) = workers([uploads(POOL_MIN_IMAGES)])  # the new pool works too
     assert (again == answer).all()
+
+
+def test_workers_stay_light(workers):
+    # A worker that imported TensorFlow would cost about 600 MB instead of about 35 MB.
+    check = "'tensorflow' in __import__('sys').modules"
+    assert workers._pool.submit(eval, check).result() is False
