@@ -21,23 +21,49 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_sigterm_lets_the_request_in_flight_finish(tiny_model_dir):
+def start_server(model_dir, **settings) -> tuple[subprocess.Popen, str]:
+    """`python -m app` on a free port, once it answers /readyz with 200."""
     port = free_port()
-    # A long batch window keeps the request in flight for a second, deterministically.
-    env = {**os.environ, "DIGITS_BATCH_TIMEOUT_MS": "1500", "DIGITS_PREPROCESS_WORKERS": "0",
-           "DIGITS_LOG_LEVEL": "warning"}
+    env = {**os.environ, "DIGITS_LOG_LEVEL": "warning",
+           **{f"DIGITS_{name.upper()}": str(value) for name, value in settings.items()}}
     server = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port),
-                               "--model-dir", str(tiny_model_dir)], env=env)
+                               "--model-dir", str(model_dir)], env=env)
     base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise AssertionError("server did not start")
+        try:
+            if httpx.get(f"{base}/readyz").status_code == 200:
+                return server, base
+        except httpx.TransportError:
+            time.sleep(0.1)
+
+
+def resident_mib(pid: int) -> float:
+    status = open(f"/proc/{pid}/status").read()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+def test_preprocessing_workers_do_not_load_tensorflow(tiny_model_dir):
+    server, _ = start_server(tiny_model_dir, preprocess_workers=2)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, "server did not start"
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        children = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(server.pid)],
+                                  capture_output=True, text=True).stdout.splitlines()
+        workers = [int(line.split()[0]) for line in children if "spawn_main" in line]
+        assert len(workers) == 2, children
+        assert resident_mib(server.pid) > 300  # the server itself holds TensorFlow
+        assert all(resident_mib(pid) < 150 for pid in workers)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_sigterm_lets_the_request_in_flight_finish(tiny_model_dir):
+    # A long batch window keeps the request in flight for a second, deterministically.
+    server, base = start_server(tiny_model_dir, batch_timeout_ms=1500, preprocess_workers=0)
+    try:
         answers = []
         request = threading.Thread(target=lambda: answers.append(httpx.post(
             f"{base}/predict", content=encode(draw_one()),
