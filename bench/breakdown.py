@@ -1,0 +1,74 @@
+"""Where a single-image request's time goes: the service with parts switched off.
+
+    python -m bench.breakdown [--seconds 6]
+
+Runs the real app four times on 127.0.0.1, each driven by wrk at 32 connections:
+`route only` (read and parse the upload, answer a fixed body), `+ batcher` (queue, batch
+thread and response, with no-op decoding and model), `+ model` (the real model on blank
+digits), `full` (real decoding too). The differences are what each stage costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+STAGES = ("route only", "+ batcher", "+ model", "full")
+
+
+def serve(stage: str, port: int) -> None:
+    """Run the app with the stages after `stage` replaced by no-ops (in a child process)."""
+    import uvicorn
+    from fastapi import Response
+
+    import app.routers.predict as predict_route
+    import app.service as service_module
+    from app.main import create_app
+    from app.settings import Settings
+
+    if stage == "route only":
+        async def parse_and_answer(request, service, settings, style, debug):
+            await predict_route.read_uploads(request, settings.max_upload_bytes,
+                                             settings.max_images_per_request)
+            return Response(b'{"ok":true}', media_type="application/json")
+
+        predict_route._predict = parse_and_answer
+    elif stage in ("+ batcher", "+ model"):
+        original_init = service_module.PredictionService.__init__
+
+        def init(self, registry, settings, metrics):
+            original_init(self, registry, settings, metrics)
+            for batcher in self.batchers.values():
+                batcher._prepare = lambda payloads: [np.zeros((len(p), 28, 28), np.uint8)
+                                                     for p in payloads]
+                if stage == "+ batcher":
+                    batcher._predict = lambda batch: np.full((len(batch), 10), 0.1, np.float32)
+
+        service_module.PredictionService.__init__ = init
+    uvicorn.run(create_app(Settings(log_level="warning")), host="127.0.0.1", port=port,
+                log_level="warning", loop="uvloop", http="httptools")
+
+
+def main() -> None:
+    from bench.run import multipart, png, sample_digits, server, wrk
+
+    parser = argparse.ArgumentParser(prog="python -m bench.breakdown", description=__doc__)
+    parser.add_argument("--seconds", type=int, default=6)
+    args = parser.parse_args()
+    body = multipart([png(sample_digits(1)[0])])
+    print("| stage | req/s at c=32 | µs per request |\n|---|---:|---:|")
+    for stage in STAGES:
+        command = [sys.executable, "-m", "bench.breakdown", "--serve", stage, "{port}"]
+        with server(command, "/readyz") as (base, _, _):
+            wrk(base + "/predict", body, 32, 2)
+            rate = wrk(base + "/predict", body, 32, args.seconds)["requests_per_s"]
+        print(f"| {stage} | {rate:,.0f} | {1e6 / rate:,.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--serve":
+        serve(sys.argv[2], int(sys.argv[3]))
+    else:
+        main()
