@@ -5,7 +5,8 @@
 Runs the real app four times on 127.0.0.1, each driven by wrk at 32 connections:
 `route only` (read and parse the upload, answer a fixed body), `+ batcher` (queue, batch
 thread and response, with no-op decoding and model), `+ model` (the real model on blank
-digits), `full` (real decoding too). The differences are what each stage costs.
+digits), `full` (real decoding too), and `full` with even small batches sent to the
+preprocessing worker processes. The differences are what each stage costs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 
 import numpy as np
 
-STAGES = ("route only", "+ batcher", "+ model", "full")
+STAGES = ("route only", "+ batcher", "+ model", "full", "full, every batch in workers")
 
 
 def serve(stage: str, port: int) -> None:
@@ -28,7 +29,11 @@ def serve(stage: str, port: int) -> None:
     from app.main import create_app
     from app.settings import Settings
 
-    if stage == "route only":
+    if stage == "full, every batch in workers":
+        import app.preprocess_workers as workers
+
+        workers.POOL_MIN_IMAGES, workers.POOL_MIN_BYTES = 1, 0
+    elif stage == "route only":
         async def parse_and_answer(request, service, settings, style, debug):
             await predict_route.read_uploads(request, settings.max_upload_bytes,
                                              settings.max_images_per_request)
