@@ -9,6 +9,8 @@ import argparse
 
 
 def main(argv: list[str] | None = None) -> None:
+    import os
+
     import uvicorn
 
     from app.main import create_app
@@ -19,12 +21,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=settings.host)
     parser.add_argument("--port", type=int, default=settings.port)
     parser.add_argument("--model-dir", default=None, help="overrides DIGITS_MODEL_DIR")
+    parser.add_argument("--workers", type=int, default=settings.workers,
+                        help="server processes (default DIGITS_WORKERS, 1)")
     args = parser.parse_args(argv)
     if args.model_dir:
-        settings = Settings(model_dir=args.model_dir)  # validated, like the environment
+        # Through the environment, so that every worker process sees it too.
+        os.environ["DIGITS_MODEL_DIR"] = args.model_dir
+        settings = Settings()  # validated, like the rest of the environment
+    # One process gets the app object; several build their own from the environment.
+    application = create_app(settings) if args.workers == 1 else "app.main:app"
     uvicorn.run(
-        create_app(settings), host=args.host, port=args.port, log_level=settings.log_level,
-        loop="uvloop", http="httptools",
+        application, host=args.host, port=args.port, workers=args.workers,
+        log_level=settings.log_level, loop="uvloop", http="httptools",
         # The app logs each request itself, with its model and image count.
         access_log=False,
         timeout_graceful_shutdown=30,

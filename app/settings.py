@@ -42,3 +42,5 @@ class Settings(BaseSettings):
     access_log: bool = Field(True, description="One JSON log line per request.")
     host: str = Field("127.0.0.1", description="Bind address for `python -m app`.")
     port: int = Field(8000, description="Port for `python -m app`.")
+    workers: int = Field(1, ge=1, description="Server processes for `python -m app`, each "
+                         "with its own copy of the models and its own batches.")

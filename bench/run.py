@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist-train.npz"
 BOUNDARY = "digit-bench-boundary"
 CONCURRENCY = (1, 8, 32, 64)
+# Server processes for the service and the floor alike: one per core of this machine.
+WORKERS = os.cpu_count() or 1
 UVICORN_FAST = ["--loop", "uvloop", "--http", "httptools", "--no-access-log",
                 "--log-level", "warning"]
 
@@ -137,14 +139,12 @@ def parse_wrk(report: str) -> dict:
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (the preprocessing workers)."""
+    """Resident memory of a process and all its descendants (server workers, decoders)."""
     children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
                               text=True).stdout.split()
-    total_kb = 0
-    for each in [pid, *map(int, children)]:
-        status = Path(f"/proc/{each}/status").read_text()
-        total_kb += int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
-    return total_kb / 1024
+    status = Path(f"/proc/{pid}/status").read_text()
+    own = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+    return own + sum(rss_mb(int(child)) for child in children)
 
 
 # --- the measurements ---------------------------------------------------------------------
@@ -176,14 +176,15 @@ def run(seconds: int, out_dir: Path) -> dict:
     single, batch64 = multipart([png(digits[0])]), multipart([png(d) for d in digits])
     logs = Path(tempfile.mkdtemp(prefix="digits-bench-"))
     results: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                     "cpus": os.cpu_count(), "seconds_per_run": seconds}
+                     "cpus": os.cpu_count(), "workers": WORKERS, "seconds_per_run": seconds}
 
     print("raw model ceiling…", flush=True)
     results["raw"] = raw_ceiling(REPO / "models" / "sequential" / "1", digits, seconds / 2)
 
     print("HTTP floor…", flush=True)
     with server([python, "-m", "uvicorn", "bench.floor_app:app", "--port", "{port}",
-                 *UVICORN_FAST], "/docs", log=logs / "floor.log") as (base, _, _):
+                 "--workers", str(WORKERS), *UVICORN_FAST], "/docs",
+                log=logs / "floor.log") as (base, _, _):
         wrk(base + "/predict", single, 32, 2)
         results["floor"] = wrk(base + "/predict", single, 32, seconds)
         results["floor_bare"] = wrk(base + "/bare", single, 32, seconds)
@@ -195,7 +196,7 @@ def run(seconds: int, out_dir: Path) -> dict:
         results["naive"] = wrk(base + "/predict", single, 32, seconds)
 
     print("digit-service…", flush=True)
-    with server([python, "-m", "app", "--port", "{port}"], "/readyz",
+    with server([python, "-m", "app", "--port", "{port}", "--workers", str(WORKERS)], "/readyz",
                 env={"DIGITS_LOG_LEVEL": "warning"}, log=logs / "service.log") as (base, process,
                                                                                    cold):
         results["service_cold_start_s"] = cold
@@ -249,8 +250,10 @@ def markdown(r: dict) -> str:
             ("digit-service, 64 images/request", 8, r["service_batch64"])]
     lines = [
         f"# Benchmark {r['date']}", "",
-        f"{r['cpus']} CPUs, one server process at a time, `wrk -t1`, {r['seconds_per_run']} s "
-        "per run, multipart PNG uploads of held-out MNIST digits. Reproduce: `make bench`.", "",
+        f"{r['cpus']} CPUs, one server at a time, the floor and digit-service each with "
+        f"{r['workers']} worker process(es), the naive service with one; `wrk -t1`, "
+        f"{r['seconds_per_run']} s per run, multipart PNG uploads of held-out MNIST digits. "
+        "Reproduce: `make bench`.", "",
         "| what | concurrency | req/s | images/s | p50 ms | p99 ms | errors |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]

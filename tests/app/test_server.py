@@ -81,3 +81,18 @@ def test_sigterm_lets_the_request_in_flight_finish(tiny_model_dir):
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_several_worker_processes_serve(tiny_model_dir):
+    server, base = start_server(tiny_model_dir, workers=2, preprocess_workers=0)
+    try:
+        for _ in range(4):
+            response = httpx.post(f"{base}/predict", content=encode(draw_one()),
+                                  headers={"content-type": "image/png"}, timeout=30)
+            assert response.status_code == 200
+        workers = subprocess.run(["ps", "-ww", "-o", "pid=", "--ppid", str(server.pid)],
+                                 capture_output=True, text=True).stdout.split()
+        assert len(workers) >= 2
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
