@@ -353,3 +353,10 @@ def test_a_full_queue_answers_503_with_retry_after(tiny_model_dir):
         assert "retry" in response.json()["detail"]
         shed = 'digits_requests_shed_total{model="sequential"} 1.0'
         assert shed in small_queue.get("/metrics").text
+
+
+def test_startup_freezes_the_loaded_heap(client):
+    import gc
+
+    # Objects TensorFlow left behind are out of the collector's sight (no long GC pauses).
+    assert gc.get_freeze_count() > 10_000
