@@ -168,10 +168,9 @@ def to_light_on_dark(gray: np.ndarray) -> np.ndarray:
     grey paper and white chalk on a blackboard both come out as MNIST does.
     """
     levels = _LevelCounts(gray)
-    background = levels.quantile(0.5)
     # Near-extremes rather than min/max, so a few stray pixels can't decide; near enough
     # to the ends that a thin pen stroke on a big page (well under 1% of it) still counts.
-    low, high = levels.quantile(0.0002), levels.quantile(0.9998)
+    low, background, high = levels.quantiles(0.0002, 0.5, 0.9998)
     inverted = (background - low) > (high - background)
     # Paper texture and sensor noise sit a few levels off the background; drop them.
     noise = 3.0 * 1.4826 * levels.median_deviation(background)
@@ -184,6 +183,9 @@ def to_light_on_dark(gray: np.ndarray) -> np.ndarray:
     return ink * np.float32(255.0 / peak)
 
 
+_LEVELS = np.arange(256)
+
+
 class _LevelCounts:
     """Order statistics of a uint8 image from its histogram: exact, and fast at any size."""
 
@@ -191,11 +193,11 @@ class _LevelCounts:
         self.counts = np.bincount(gray.ravel(), minlength=256)
         self.cumulative = np.cumsum(self.counts)
 
-    def quantile(self, q: float) -> int:
-        return int(np.searchsorted(self.cumulative, q * self.cumulative[-1]))
+    def quantiles(self, *qs: float) -> list[int]:
+        return np.searchsorted(self.cumulative, np.array(qs) * self.cumulative[-1]).tolist()
 
     def median_deviation(self, center: int) -> float:
-        deviations = np.abs(np.arange(256) - center)
+        deviations = np.abs(_LEVELS - center)
         by_deviation = np.cumsum(np.bincount(deviations, weights=self.counts, minlength=256))
         return float(np.searchsorted(by_deviation, 0.5 * by_deviation[-1]))
 
@@ -236,10 +238,10 @@ def fit_in_box(digit: np.ndarray, box: int = DIGIT_BOX) -> np.ndarray:
 def center_by_mass(digit: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     """Place the digit in a size x size field with its centre of mass in the middle."""
     height, width = digit.shape
-    total = digit.sum()
-    rows, cols = np.indices(digit.shape)
-    center_row = (rows * digit).sum() / total if total else (height - 1) / 2
-    center_col = (cols * digit).sum() / total if total else (width - 1) / 2
+    row_mass, col_mass = digit.sum(axis=1), digit.sum(axis=0)
+    total = row_mass.sum()
+    center_row = row_mass @ np.arange(height) / total if total else (height - 1) / 2
+    center_col = col_mass @ np.arange(width) / total if total else (width - 1) / 2
     # MNIST's centres of mass sit at (14.0, 14.0) in pixel indices (measured on the training
     # digits), half a pixel right of and below the geometric centre.
     middle = size / 2
