@@ -83,10 +83,6 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
         self._worker: asyncio.Task | None = None
 
-    @property
-    def queued_images(self) -> int:
-        return self._queued_images
-
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._worker = loop.create_task(self._run(), name=f"batch-{self.name}")

@@ -13,7 +13,6 @@ scans and canvas exports are none of that; each step below undoes one difference
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 
 import numpy as np
@@ -46,19 +45,12 @@ class ImageTooLarge(ImageError):
     """The image's pixel dimensions exceed the configured limit (HTTP 413)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Prepared:
-    """A digit in model format: uint8 [28, 28], light on dark."""
-
-    pixels: np.ndarray
-
-
-def preprocess(data: bytes, max_pixels: int) -> Prepared:
-    """Run every step on one encoded image."""
+def preprocess(data: bytes, max_pixels: int) -> np.ndarray:
+    """Run every step on one encoded image: a uint8 [28, 28] digit, light on dark."""
     image = shrink(orient(decode(data, max_pixels)))
     gray = to_grayscale(flatten_transparency(image))
     ink = to_light_on_dark(gray)
-    return Prepared(center_by_mass(fit_in_box(crop_to_digit(ink))))
+    return center_by_mass(fit_in_box(crop_to_digit(ink)))
 
 
 def prepare_images(blobs: list[bytes], max_pixels: int) -> list[np.ndarray | ImageError]:
@@ -66,7 +58,7 @@ def prepare_images(blobs: list[bytes], max_pixels: int) -> list[np.ndarray | Ima
     prepared: list[np.ndarray | ImageError] = []
     for data in blobs:
         try:
-            prepared.append(preprocess(data, max_pixels).pixels)
+            prepared.append(preprocess(data, max_pixels))
         except ImageError as error:
             prepared.append(error)
     return prepared

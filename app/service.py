@@ -16,7 +16,7 @@ from app.registry import LoadedModel, ModelRegistry
 from app.schemas import Prediction, PredictResponse
 from app.settings import Settings
 from app.uploads import Upload
-from digit_contract import Style, scale_pixels
+from digit_contract import scale_pixels
 
 
 class PredictionService:
@@ -46,10 +46,10 @@ class PredictionService:
             await batcher.stop()
         self.preprocess.close()
 
-    async def predict(self, style: Style, uploads: list[Upload], debug: bool) -> PredictResponse:
-        model = self.registry.get(style)
-        self.metrics.images_per_request.labels(style.value).observe(len(uploads))
-        result = await self.batchers[style].submit(uploads, size=len(uploads))
+    async def predict(self, model: LoadedModel, uploads: list[Upload],
+                      debug: bool) -> PredictResponse:
+        self.metrics.images_per_request.labels(model.style.value).observe(len(uploads))
+        result = await self.batchers[model.style].submit(uploads, size=len(uploads))
         if debug:  # encoding a PNG per image is CPU work: keep it off the event loop
             return await run_in_threadpool(build_response, model, result.outputs, result.inputs)
         return build_response(model, result.outputs, None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import io
 import json
 import os
 import re
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from scripts.realworld_images import encode
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist-train.npz"
@@ -52,9 +53,7 @@ def sample_digits(count: int) -> np.ndarray:
 
 
 def png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return encode(Image.fromarray(pixels))
 
 
 def multipart(images: list[bytes]) -> bytes:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from PIL import Image, ImageDraw
 
+from scripts.realworld_images import encode
 
-def encode(image: Image.Image, format: str = "PNG", **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=format, **options)
-    return buffer.getvalue()
+__all__ = ["draw_one", "encode", "seven"]
 
 
 def draw_one(size=(200, 300), box=(90, 40, 110, 260), ink=0, paper=255, mode="L") -> Image.Image:

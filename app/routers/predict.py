@@ -52,10 +52,10 @@ async def predict_with(request: Request, style: Style, service: ServiceDep,
 async def _predict(request: Request, service: PredictionService, settings: Settings,
                    style: Style, debug: bool) -> Response:
     request.state.model = style.value
-    service.registry.get(style)  # fail fast, before reading the body, on an unserved model
+    model = service.registry.get(style)  # fails before the body is read
     uploads = await read_uploads(request, settings.max_upload_bytes,
                                  settings.max_images_per_request)
     request.state.images = len(uploads)
-    answer = await service.predict(style, uploads, debug)
+    answer = await service.predict(model, uploads, debug)
     # Serialised by pydantic-core straight to JSON bytes: this is the hot path.
     return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")

@@ -169,7 +169,7 @@ def test_center_by_mass_places_the_mass_where_mnist_does():
 
 def test_a_large_off_centre_drawing_comes_out_in_mnist_format():
     page = draw_one(size=(600, 400), box=(40, 30, 70, 250))  # top-left corner, dark on white
-    pixels = pp.preprocess(encode(page), MAX_PIXELS).pixels
+    pixels = pp.preprocess(encode(page), MAX_PIXELS)
     assert pixels.shape == (28, 28) and pixels.dtype == np.uint8
     assert pixels[0, 0] == 0 and pixels.max() == 255
     assert ink_box(pixels)[0] == 20
@@ -179,7 +179,7 @@ def test_a_large_off_centre_drawing_comes_out_in_mnist_format():
 
 def test_an_mnist_format_digit_keeps_its_shape():
     digit = seven()
-    pixels = pp.preprocess(encode(Image.fromarray(digit)), MAX_PIXELS).pixels
+    pixels = pp.preprocess(encode(Image.fromarray(digit)), MAX_PIXELS)
     # Same digit, resized to MNIST's 20 px box: the ink overlaps the original almost entirely.
     overlap = np.minimum(pixels > 64, digit > 64).sum() / (digit > 64).sum()
     assert overlap > 0.6
@@ -190,6 +190,6 @@ def test_canvas_export_and_its_naive_conversion_differ():
     rgba = np.zeros((280, 280, 4), dtype=np.uint8)
     big_seven = np.asarray(Image.fromarray(seven()).resize((280, 280), Image.Resampling.BICUBIC))
     rgba[..., 3] = big_seven  # black strokes, transparent elsewhere
-    pixels = pp.preprocess(encode(Image.fromarray(rgba, "RGBA")), MAX_PIXELS).pixels
+    pixels = pp.preprocess(encode(Image.fromarray(rgba, "RGBA")), MAX_PIXELS)
     overlap = np.minimum(pixels > 64, seven() > 64).sum() / (seven() > 64).sum()
     assert overlap > 0.6
