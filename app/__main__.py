@@ -28,15 +28,19 @@ def main(argv: list[str] | None = None) -> None:
         # Through the environment, so that every worker process sees it too.
         os.environ["DIGITS_MODEL_DIR"] = args.model_dir
         settings = Settings()  # validated, like the rest of the environment
-    # One process gets the app object; several build their own from the environment.
-    application = create_app(settings) if args.workers == 1 else "app.main:app"
-    uvicorn.run(
-        application, host=args.host, port=args.port, workers=args.workers,
-        log_level=settings.log_level, loop="uvloop", http="httptools",
-        # The app logs each request itself, with its model and image count.
-        access_log=False,
+    options = dict(
+        host=args.host, port=args.port, log_level=settings.log_level,
+        loop="uvloop", http="httptools",
+        access_log=False,  # the app logs each request itself, with its model and image count
         timeout_graceful_shutdown=30,
     )
+    if args.workers == 1:
+        uvicorn.run(create_app(settings), **options)
+    else:
+        from app.processes import serve_processes
+
+        # Each process builds its own app from the environment.
+        serve_processes(uvicorn.Config("app.main:app", **options), args.workers)
 
 
 if __name__ == "__main__":

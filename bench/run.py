@@ -79,9 +79,21 @@ def http_status(url: str) -> int | None:
         return None
 
 
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on `port` (one per server process with SO_REUSEPORT)."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows
+               if int(row.split()[1].rsplit(":", 1)[1], 16) == port and row.split()[3] == "0A")
+
+
 @contextlib.contextmanager
-def server(command: list[str], ready_path: str, env: dict | None = None, log: Path | None = None):
-    """Start a server on a free 127.0.0.1 port; yield (base url, process, seconds to ready)."""
+def server(command: list[str], ready_path: str, env: dict | None = None, log: Path | None = None,
+           processes: int = 1):
+    """Start a server on a free 127.0.0.1 port; yield (base url, process, seconds to ready).
+
+    Ready means `ready_path` answers 200 and all `processes` listen: a process that is
+    still loading would otherwise miss the first run's connections.
+    """
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     command = [arg.replace("{port}", str(port)) for arg in command]
@@ -90,7 +102,8 @@ def server(command: list[str], ready_path: str, env: dict | None = None, log: Pa
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})},
                                stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        while http_status(base + ready_path) != 200:
+        while (http_status(base + ready_path) != 200
+               or listening_sockets(port) < processes):
             if process.poll() is not None:
                 raise RuntimeError(f"{command} exited with {process.returncode}; see {log}")
             if time.perf_counter() - started > 180:
@@ -181,9 +194,8 @@ def run(seconds: int, out_dir: Path) -> dict:
     results["raw"] = raw_ceiling(REPO / "models" / "sequential" / "1", digits, seconds / 2)
 
     print("HTTP floor…", flush=True)
-    with server([python, "-m", "uvicorn", "bench.floor_app:app", "--port", "{port}",
-                 "--workers", str(WORKERS), *UVICORN_FAST], "/docs",
-                log=logs / "floor.log") as (base, _, _):
+    with server([python, "-m", "bench.floor_app", "--port", "{port}", "--workers", str(WORKERS)],
+                "/docs", log=logs / "floor.log", processes=WORKERS) as (base, _, _):
         wrk(base + "/predict", single, 32, 2)
         results["floor"] = wrk(base + "/predict", single, 32, seconds)
         results["floor_bare"] = wrk(base + "/bare", single, 32, seconds)
@@ -196,8 +208,8 @@ def run(seconds: int, out_dir: Path) -> dict:
 
     print("digit-service…", flush=True)
     with server([python, "-m", "app", "--port", "{port}", "--workers", str(WORKERS)], "/readyz",
-                env={"DIGITS_LOG_LEVEL": "warning"}, log=logs / "service.log") as (base, process,
-                                                                                   cold):
+                env={"DIGITS_LOG_LEVEL": "warning"}, log=logs / "service.log",
+                processes=WORKERS) as (base, process, cold):
         results["service_cold_start_s"] = cold
         results["service_rss_mb_ready"] = rss_mb(process.pid)
         wrk(base + "/predict", single, 32, 2)

@@ -109,59 +109,93 @@ def test_grayscale_uses_luminance():
 
 # --- polarity -----------------------------------------------------------------------------
 
+def light_on_dark(gray: np.ndarray) -> np.ndarray:
+    """`to_light_on_dark` on one image, which must hold a digit."""
+    ink, found = pp.to_light_on_dark(gray[np.newaxis])
+    assert found.tolist() == [True]
+    return ink[0]
+
+
 def test_dark_ink_on_white_is_inverted():
-    ink = pp.to_light_on_dark(np.asarray(draw_one()))
+    ink = light_on_dark(np.asarray(draw_one()))
     assert ink[0, 0] == 0 and ink[150, 100] == 255
 
 
 def test_light_ink_on_black_is_kept():
-    ink = pp.to_light_on_dark(np.asarray(draw_one(ink=255, paper=0)))
+    ink = light_on_dark(np.asarray(draw_one(ink=255, paper=0)))
     assert ink[0, 0] == 0 and ink[150, 100] == 255
 
 
 def test_grey_paper_becomes_black_and_ink_full_white():
-    ink = pp.to_light_on_dark(np.asarray(draw_one(ink=60, paper=170)))
+    ink = light_on_dark(np.asarray(draw_one(ink=60, paper=170)))
     assert ink[0, 0] == 0 and ink[150, 100] == 255
 
 
 def test_noise_on_the_paper_is_dropped():
     rng = np.random.default_rng(1)
     page = np.asarray(draw_one(ink=40, paper=200), dtype=np.float32) + rng.normal(0, 4, (300, 200))
-    ink = pp.to_light_on_dark(np.uint8(np.clip(page, 0, 255)))
+    ink = light_on_dark(np.uint8(np.clip(page, 0, 255)))
     assert np.mean(ink[:30] > 0) < 0.05
 
 
 def test_a_blank_page_has_no_digit():
+    _, found = pp.to_light_on_dark(np.full((1, 50, 50), 200, dtype=np.uint8))
+    assert found.tolist() == [False]
     with pytest.raises(pp.ImageError, match="No digit"):
-        pp.to_light_on_dark(np.full((50, 50), 200, dtype=np.uint8))
+        pp.preprocess(encode(Image.new("L", (50, 50), 200)), MAX_PIXELS)
+
+
+def test_each_image_in_a_stack_gets_its_own_polarity():
+    stack = np.stack([np.asarray(draw_one()), np.asarray(draw_one(ink=255, paper=0)),
+                      np.full((300, 200), 90, dtype=np.uint8)])
+    ink, found = pp.to_light_on_dark(stack)
+    assert found.tolist() == [True, True, False]
+    assert ink[0, 150, 100] == ink[1, 150, 100] == 255 and ink[0, 0, 0] == ink[1, 0, 0] == 0
 
 
 # --- crop, scale, centre ------------------------------------------------------------------
 
-def test_crop_keeps_the_digit_box():
-    ink = np.zeros((300, 200), dtype=np.float32)
-    ink[40:261, 90:111] = 255
-    assert pp.crop_to_digit(ink).shape == (221, 21)
+def test_the_box_holds_the_digit():
+    ink = np.zeros((1, 300, 200), dtype=np.float32)
+    ink[0, 40:261, 90:111] = 255
+    assert pp.find_digit_boxes(ink).tolist() == [[40, 260, 90, 110]]
 
 
-def test_crop_ignores_a_far_speck():
-    ink = np.zeros((300, 300), dtype=np.float32)
-    ink[40:260, 90:150] = 255
-    ink[295, 295] = 255  # a speck of dust in the corner
-    assert pp.crop_to_digit(ink).shape == (220, 60)
+def test_the_box_ignores_a_far_speck():
+    ink = np.zeros((1, 300, 300), dtype=np.float32)
+    ink[0, 40:260, 90:150] = 255
+    ink[0, 295, 295] = 255  # a speck of dust in the corner
+    assert pp.find_digit_boxes(ink).tolist() == [[40, 259, 90, 149]]
 
 
 def test_fit_in_box_keeps_the_aspect_ratio():
-    fitted = pp.fit_in_box(np.full((220, 60), 255.0, dtype=np.float32))
-    assert fitted.shape == (20, 5) and fitted.max() == pytest.approx(255)
+    ink = np.zeros((1, 300, 100), dtype=np.float32)
+    ink[0, 30:250, 20:80] = 255
+    fitted, sizes = pp.fit_in_box(ink, np.array([[30, 249, 20, 79]]))
+    assert sizes.tolist() == [[20, 5]]
+    assert fitted.shape == (1, 20, 20) and fitted.max() == pytest.approx(255)
+    assert not fitted[0, :, 5:].any()  # beside the digit: nothing
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (20, 7), (300, 41), (57, 640)])
+def test_fit_in_box_scales_as_pillow_does(shape):
+    rng = np.random.default_rng(3)
+    digit = rng.uniform(0, 255, shape).astype(np.float32)
+    fitted, sizes = pp.fit_in_box(digit[np.newaxis], np.array([[0, shape[0] - 1, 0, shape[1] - 1]]))
+    height, width = sizes[0]
+    pillow = np.asarray(Image.fromarray(digit, mode="F").resize(
+        (int(width), int(height)), Image.Resampling.LANCZOS), dtype=np.float32)
+    pillow = np.clip(pillow, 0, 255)
+    pillow *= 255 / pillow.max()
+    np.testing.assert_allclose(fitted[0, :height, :width], pillow, atol=0.05)
 
 
 def test_center_by_mass_places_the_mass_where_mnist_does():
-    digit = np.zeros((20, 10), dtype=np.float32)
-    digit[:, :3] = 255  # mass on the left: the box itself must go right of centre
-    field = pp.center_by_mass(digit)
-    assert field.shape == (28, 28) and field.dtype == np.uint8
-    row, col = center_of_mass(field.astype(float))
+    fitted = np.zeros((1, 20, 20), dtype=np.float32)
+    fitted[0, :, :3] = 255  # a 20 x 10 digit, its mass on the left: the box must go right
+    field = pp.center_by_mass(fitted, np.array([[20, 10]]))
+    assert field.shape == (1, 28, 28) and field.dtype == np.uint8
+    row, col = center_of_mass(field[0].astype(float))
     assert abs(row - 14) <= 0.5 and abs(col - 14) <= 0.5
 
 
@@ -193,3 +227,18 @@ def test_canvas_export_and_its_naive_conversion_differ():
     pixels = pp.preprocess(encode(Image.fromarray(rgba, "RGBA")), MAX_PIXELS)
     overlap = np.minimum(pixels > 64, seven() > 64).sum() / (seven() > 64).sum()
     assert overlap > 0.6
+
+
+def test_a_batch_gives_each_image_what_it_gets_alone():
+    images = [encode(draw_one()), encode(draw_one(ink=255, paper=0)), b"not an image",
+              encode(Image.new("L", (300, 200), 128)), encode(Image.fromarray(seven())),
+              encode(draw_one(size=(600, 400), box=(40, 30, 70, 250)), "JPEG")]
+    together = pp.prepare_images(images, MAX_PIXELS)
+    for data, result in zip(images, together, strict=True):
+        [alone] = pp.prepare_images([data], MAX_PIXELS)
+        if isinstance(alone, pp.ImageError):
+            assert type(result) is type(alone) and str(result) == str(alone)
+        else:
+            np.testing.assert_array_equal(result, alone)
+    assert [isinstance(r, pp.ImageError) for r in together] == [False, False, True, True, False,
+                                                                False]
