@@ -312,8 +312,9 @@ def fit_in_box(ink: np.ndarray, boxes: np.ndarray,
                       np.maximum(1, np.round(widths * scale))], axis=1).astype(np.int64)
     rows = np.zeros((n, box, height), dtype=np.float32)
     cols = np.zeros((n, box, width), dtype=np.float32)
-    for i, (y, x, h, w, (out_h, out_w)) in enumerate(zip(
-            top.tolist(), left.tolist(), heights.tolist(), widths.tolist(), sizes.tolist())):
+    spans = zip(top.tolist(), heights.tolist(), left.tolist(), widths.tolist(), sizes.tolist(),
+                strict=True)
+    for i, (y, h, x, w, (out_h, out_w)) in enumerate(spans):
         rows[i, :out_h, y: y + h] = lanczos_weights(h, out_h)
         cols[i, :out_w, x: x + w] = lanczos_weights(w, out_w)
     fitted = rows @ ink @ cols.transpose(0, 2, 1)
@@ -367,6 +368,6 @@ def center_by_mass(fitted: np.ndarray, sizes: np.ndarray, size: int = IMAGE_SIZE
     lefts = np.clip(np.round(middle - center_col), 0, size - sizes[:, 1]).astype(np.int64)
     # Each digit goes in with the zeros beside it, into a field wide enough for any shift.
     field = np.zeros((n, size + box, size + box), dtype=np.float32)
-    for i, (top, left) in enumerate(zip(tops.tolist(), lefts.tolist())):
+    for i, (top, left) in enumerate(zip(tops.tolist(), lefts.tolist(), strict=True)):
         field[i, top: top + box, left: left + box] = fitted[i]
     return np.round(field[:, :size, :size]).astype(np.uint8)
