@@ -24,10 +24,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=settings.workers,
                         help="server processes (default DIGITS_WORKERS, 1)")
     args = parser.parse_args(argv)
+    # Through the environment, so that every server process sees them too.
     if args.model_dir:
-        # Through the environment, so that every worker process sees it too.
         os.environ["DIGITS_MODEL_DIR"] = args.model_dir
-        settings = Settings()  # validated, like the rest of the environment
+    os.environ["DIGITS_WORKERS"] = str(args.workers)
+    settings = Settings()  # validated, like the rest of the environment
     options = dict(
         host=args.host, port=args.port, log_level=settings.log_level,
         loop="uvloop", http="httptools",

@@ -77,6 +77,8 @@ class Batcher:
         self._observe = observe
         self._jobs: collections.deque[_Job] = collections.deque()
         self._queued_images = 0
+        # Requests in the last batch; until there is one, wait for a full batch.
+        self._expected_requests = max_batch_size
         self._wakeup = asyncio.Event()
         # One thread per model: TensorFlow parallelises each call itself, and a single
         # thread keeps batches in order and never runs two calls of one model at once.
@@ -116,12 +118,14 @@ class Batcher:
             if not self._jobs:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self.timeout_s > 0 and self._queued_images < self.max_batch_size:
+            if self.timeout_s > 0 and not self._enough_queued():
                 await self._wait_for_more()
             jobs = self._take_batch()
             if not jobs:
                 continue
             outcomes = await loop.run_in_executor(self._executor, self._run_batch, jobs)
+            # The clients just answered, plus those that queued meanwhile: the load to expect.
+            self._expected_requests = len(jobs) + len(self._jobs)
             for job, outcome in zip(jobs, outcomes, strict=True):
                 if job.future.done():
                     continue
@@ -130,9 +134,19 @@ class Batcher:
                 else:
                     job.future.set_result(outcome)
 
+    def _enough_queued(self) -> bool:
+        """A full batch, or as many requests as were in the service during the last batch.
+
+        Under steady load the clients just answered come back, and waiting for them makes
+        the batches full; a lone client never waits, since after a batch of one with
+        nothing queued behind it, one request is enough.
+        """
+        return (self._queued_images >= self.max_batch_size
+                or len(self._jobs) >= self._expected_requests)
+
     async def _wait_for_more(self) -> None:
         deadline = self._jobs[0].enqueued_at + self.timeout_s
-        while self._queued_images < self.max_batch_size:
+        while not self._enough_queued():
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return

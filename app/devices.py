@@ -34,3 +34,16 @@ def select_device(choice: DeviceChoice) -> str:
             "(pip install '.[gpu]'), check the driver with nvidia-smi, or set DIGITS_DEVICE=auto "
             "or cpu.")
     return "/CPU:0"
+
+
+def limit_cpu_threads(threads: int) -> None:
+    """Give TensorFlow `threads` CPU threads, both within one op and across ops.
+
+    With one server process per core, TensorFlow's default (a thread per core in every
+    process) has the processes' thread pools spinning against each other for the same cores.
+    """
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already ran in this process (tests build many apps)
+        logger.debug("TensorFlow's thread pools are already running; keeping them")

@@ -39,10 +39,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # Imported here so that building the app (and `import app.main`) stays cheap.
-        from app.devices import select_device
+        from app.devices import limit_cpu_threads, select_device
         from app.registry import load_registry
         from app.service import PredictionService
 
+        limit_cpu_threads(settings.tensorflow_threads())
         device = select_device(settings.device)
         logger.info("loading models from %s on %s", settings.model_dir, device)
         registry = await run_in_threadpool(load_registry, settings.model_dir, device)

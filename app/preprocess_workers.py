@@ -30,10 +30,9 @@ from app.uploads import Upload, UploadError
 logger = logging.getLogger("digits.preprocess")
 
 # Handing work to a process costs a few hundred microseconds of the server's own time
-# (pickling, pipes, the pool's helper threads), more than decoding one small image. Small
-# batches are therefore prepared in the batch thread; the workers take a batch from this
-# many images, or this many encoded bytes (photos), up.
-POOL_MIN_IMAGES = 32
+# (pickling, pipes, the pool's helper threads), and small images are prepared a whole batch
+# at a time faster than that. The workers therefore take only batches with this many encoded
+# bytes or more: photos, whose decoding dominates.
 POOL_MIN_BYTES = 256 * 1024
 
 
@@ -43,11 +42,14 @@ class PreprocessWorkers:
     Args:
         processes: worker processes; 0 preprocesses in the calling thread instead.
         max_pixels: the largest width x height decoded.
+        min_pool_bytes: batches with fewer encoded bytes are prepared in the calling thread
+            (default POOL_MIN_BYTES).
     """
 
-    def __init__(self, processes: int, max_pixels: int):
+    def __init__(self, processes: int, max_pixels: int, min_pool_bytes: int | None = None):
         self.processes = processes
         self.max_pixels = max_pixels
+        self.min_pool_bytes = POOL_MIN_BYTES if min_pool_bytes is None else min_pool_bytes
         self._pool: ProcessPoolExecutor | None = None
 
     def start(self) -> None:
@@ -78,8 +80,7 @@ class PreprocessWorkers:
         return outcomes
 
     def _prepare(self, blobs: list[bytes]) -> list[np.ndarray | ImageError]:
-        small = len(blobs) < POOL_MIN_IMAGES and sum(map(len, blobs)) < POOL_MIN_BYTES
-        if self._pool is None or small:
+        if self._pool is None or sum(map(len, blobs)) < self.min_pool_bytes:
             return prepare_images(blobs, self.max_pixels)
         chunks = np.array_split(np.arange(len(blobs)), min(self.processes, len(blobs)))
         futures = [self._pool.submit(prepare_images, [blobs[i] for i in chunk], self.max_pixels)

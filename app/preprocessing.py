@@ -122,13 +122,12 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageError("The image is empty (0 bytes).")
     with _decoding_errors():
         image = Image.open(io.BytesIO(data))
-    if image.width * image.height > max_pixels:
-        raise ImageTooLarge(f"The image is {image.width}x{image.height} pixels; the limit is "
-                            f"{max_pixels:,} pixels. Send a smaller image.")
-    if image.format == "JPEG":
-        # Let the JPEG decoder skip detail we would throw away (much faster for photos).
-        image.draft(image.mode, (WORKING_SIZE, WORKING_SIZE))
-    with _decoding_errors():
+        if image.width * image.height > max_pixels:
+            raise ImageTooLarge(f"The image is {image.width}x{image.height} pixels; the limit "
+                                f"is {max_pixels:,} pixels. Send a smaller image.")
+        if image.format == "JPEG":
+            # Let the JPEG decoder skip detail we would throw away (much faster for photos).
+            image.draft(image.mode, (WORKING_SIZE, WORKING_SIZE))
         image.load()
     return image
 
@@ -138,6 +137,8 @@ def _decoding_errors():
     """Translate Pillow's many decoding exceptions into ImageError and ImageTooLarge."""
     try:
         yield
+    except ImageError:
+        raise
     except Image.DecompressionBombError as error:
         raise ImageTooLarge(f"The image is too large to decode safely: {error}") from error
     except UnidentifiedImageError as error:
@@ -152,8 +153,14 @@ def set_pillow_pixel_limit(max_pixels: int) -> None:
     Image.MAX_IMAGE_PIXELS = max_pixels
 
 
+# Where Pillow finds an orientation tag: EXIF and XMP blocks in `info`, or TIFF's own tags.
+_ORIENTATION_SOURCES = ("exif", "xmp", "XML:com.adobe.xmp")
+
+
 def orient(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation tag, as phone cameras expect viewers to."""
+    if image.format != "TIFF" and not any(key in image.info for key in _ORIENTATION_SOURCES):
+        return image  # nothing to read; skips parsing for the common untagged image
     try:
         return ImageOps.exif_transpose(image)
     except Exception:  # noqa: BLE001 - a malformed EXIF block should not lose the image
@@ -195,7 +202,8 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
     """Luminance as uint8 [H, W] (ITU-R 601 weights, as Pillow's "L")."""
     if image.mode != "L":
         image = image.convert("RGB").convert("L")
-    return np.asarray(image, dtype=np.uint8)
+    # Copying the bytes out is cheaper than numpy's generic array-interface route.
+    return np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(image.height, image.width)
 
 
 NO_DIGIT = "No digit found: the image is blank or has almost no contrast."

@@ -31,16 +31,25 @@ class Settings(BaseSettings):
         40_000_000, gt=0, description="Largest width x height decoded (decompression bombs).")
     max_batch_size: int = Field(128, gt=0, description="Most images in one model call.")
     batch_timeout_ms: float = Field(
-        0.0, ge=0, description="Longest wait for more images before a model call; 0 runs as "
-        "soon as the model is free (batches then form from what queued while it was busy).")
+        2.0, ge=0, description="Longest wait for more requests before a model call. It only "
+        "waits while fewer are queued than were in the service during the last batch, so a "
+        "lone client never waits; 0 never waits.")
     max_queue_images: int = Field(4096, gt=0,
                                   description="Images waiting per model before 503 + Retry-After.")
     preprocess_workers: int = Field(
         default_factory=lambda: min(4, os.cpu_count() or 1), ge=0,
         description="Processes decoding images; 0 decodes in the server process.")
+    cpu_threads: int = Field(0, ge=0, description="TensorFlow CPU threads per server process; "
+                             "0: this machine's cores divided by the server processes.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     access_log: bool = Field(True, description="One JSON log line per request.")
     host: str = Field("127.0.0.1", description="Bind address for `python -m app`.")
     port: int = Field(8000, description="Port for `python -m app`.")
     workers: int = Field(1, ge=1, description="Server processes for `python -m app`, each "
                          "with its own copy of the models and its own batches.")
+
+    def tensorflow_threads(self) -> int:
+        """`cpu_threads`, or this process's share of the cores it may run on."""
+        if self.cpu_threads:
+            return self.cpu_threads
+        return max(1, len(os.sched_getaffinity(0)) // self.workers)

@@ -32,7 +32,7 @@ def serve(stage: str, port: int) -> None:
     if stage == "full, every batch in workers":
         import app.preprocess_workers as workers
 
-        workers.POOL_MIN_IMAGES, workers.POOL_MIN_BYTES = 1, 0
+        workers.POOL_MIN_BYTES = 0
     elif stage == "route only":
         async def parse_and_answer(request, service, settings, style, debug):
             await predict_route.read_uploads(request, settings.max_upload_bytes,

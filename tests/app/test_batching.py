@@ -126,6 +126,41 @@ def test_queue_delay_is_bounded():
     assert 0.04 <= run(scenario()) < 1.0
 
 
+def test_a_lone_client_does_not_wait_once_it_was_seen_alone():
+    async def scenario():
+        batcher = await started(RecordingModel(), timeout_s=0.2)
+        await batcher.submit(images(1))  # nothing seen yet: this one waits the full delay
+        started_at = time.perf_counter()
+        for _ in range(3):
+            await batcher.submit(images(1))
+        elapsed = time.perf_counter() - started_at
+        await batcher.stop()
+        return elapsed
+
+    assert run(scenario()) < 0.1  # three requests, none of them held for the 0.2 s delay
+
+
+def test_under_steady_load_a_batch_waits_for_the_clients_just_answered():
+    async def scenario():
+        model = RecordingModel()
+        batcher = await started(model, timeout_s=0.5)
+        await asyncio.gather(*(batcher.submit(images(i)) for i in range(3)))  # a load of 3
+        started_at = time.perf_counter()
+
+        async def late(value):
+            await asyncio.sleep(0.03)
+            return await batcher.submit(images(value))
+
+        await asyncio.gather(batcher.submit(images(7)), late(8), late(9))
+        elapsed = time.perf_counter() - started_at
+        await batcher.stop()
+        return model.calls, elapsed
+
+    calls, elapsed = run(scenario())
+    assert calls[-1] == 3  # the early request waited for the two late ones...
+    assert elapsed < 0.3   # ...but only until they came, not for the whole delay
+
+
 def test_a_failing_request_fails_alone():
     async def scenario():
         model = RecordingModel(fail_on=-1)

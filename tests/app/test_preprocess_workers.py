@@ -8,16 +8,17 @@ import signal
 import numpy as np
 import pytest
 
-from app.preprocess_workers import POOL_MIN_IMAGES, PreprocessWorkers
+from app.preprocess_workers import PreprocessWorkers
 from app.uploads import Upload, UploadError
 from tests.images import draw_one, encode
 
 GOOD = encode(draw_one())
+BIG = 40  # images in a "big" batch; in these tests every batch goes to the workers
 
 
 @pytest.fixture(scope="module")
 def workers():
-    workers = PreprocessWorkers(processes=2, max_pixels=4_000_000)
+    workers = PreprocessWorkers(processes=2, max_pixels=4_000_000, min_pool_bytes=0)
     workers.start()
     yield workers
     workers.close()
@@ -28,27 +29,42 @@ def uploads(count: int, bad_at: int | None = None) -> list[Upload]:
 
 
 def test_a_big_batch_is_prepared_by_the_workers_in_request_order(workers):
-    requests = [uploads(POOL_MIN_IMAGES), uploads(3, bad_at=1), uploads(5)]
+    requests = [uploads(BIG), uploads(3, bad_at=1), uploads(5)]
     good, bad, other = workers(requests)
-    assert good.shape == (POOL_MIN_IMAGES, 28, 28) and good.dtype == np.uint8
+    assert good.shape == (BIG, 28, 28) and good.dtype == np.uint8
     assert other.shape == (5, 28, 28)
     assert (good == good[0]).all() and (other[0] == good[0]).all()
     assert isinstance(bad, UploadError) and bad.status_code == 400
     assert bad.detail.startswith("file #2:")
 
 
-def test_small_batches_give_the_same_digits(workers):
-    (small,) = workers([uploads(1)])
-    (big,) = workers([uploads(POOL_MIN_IMAGES)])
-    assert (small[0] == big[0]).all()
+def test_the_workers_give_the_digits_the_server_process_gives(workers):
+    in_process = PreprocessWorkers(processes=0, max_pixels=4_000_000)
+    (here,) = in_process([uploads(1)])
+    (there,) = workers([uploads(BIG)])
+    assert (here[0] == there).all()
+
+
+def test_only_batches_of_many_bytes_go_to_the_workers():
+    workers = PreprocessWorkers(processes=1, max_pixels=4_000_000, min_pool_bytes=len(GOOD) * 3)
+    workers.start()
+    try:
+        sent = []
+        original_submit = workers._pool.submit
+        workers._pool.submit = lambda *args: sent.append(len(args[1])) or original_submit(*args)
+        workers([uploads(2)])
+        workers([uploads(2), uploads(1)])
+        assert sent == [3]
+    finally:
+        workers.close()
 
 
 def test_a_dead_worker_is_replaced_and_the_batch_still_answered(workers):
     for process in list(workers._pool._processes.values()):
         os.kill(process.pid, signal.SIGKILL)
-    (answer,) = workers([uploads(POOL_MIN_IMAGES)])
-    assert answer.shape == (POOL_MIN_IMAGES, 28, 28)
-    (again,) = workers([uploads(POOL_MIN_IMAGES)])  # the new pool works too
+    (answer,) = workers([uploads(BIG)])
+    assert answer.shape == (BIG, 28, 28)
+    (again,) = workers([uploads(BIG)])  # the new pool works too
     assert (again == answer).all()
 
 
