@@ -9,14 +9,20 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import json
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
-from python_multipart.multipart import parse_options_header
+from python_multipart.multipart import parse_options_header as _parse_options_header
 
 SUPPORTED_TYPES = "multipart/form-data, image/*, application/octet-stream or application/json"
+
+
+# A client sends the same Content-Type (and often the same part headers) every time, and
+# parsing one costs more than the rest of reading a small upload. Results are read-only.
+parse_options_header = functools.lru_cache(maxsize=1024)(_parse_options_header)
 
 
 class UploadError(Exception):
