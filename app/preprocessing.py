@@ -3,6 +3,7 @@
 Pure functions from bytes to numpy arrays, one per step, no web framework objects:
 
     per image:        decode -> orient -> shrink -> flatten_transparency -> to_grayscale
+                      (or, for a plain PNG, decode_plain_png: all of that in one step)
     per stack of      to_light_on_dark -> find_digit_boxes -> fit_in_box -> center_by_mass
     same-sized ones:
 
@@ -20,11 +21,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import struct
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from digit_contract import IMAGE_SIZE
+
+# OpenCV would log each unreadable upload to stderr; those get their own 400 answer instead.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 DIGIT_BOX = 20
 """MNIST scales each digit so its longest side is 20 px."""
@@ -82,7 +88,47 @@ def prepare_images(blobs: list[bytes], max_pixels: int) -> list[np.ndarray | Ima
 
 def load_grayscale(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode, orient, shrink and flatten one image: its luminance as uint8 [H, W]."""
+    plain = decode_plain_png(data, max_pixels)
+    if plain is not None:
+        return plain
     return to_grayscale(flatten_transparency(shrink(orient(decode(data, max_pixels)))))
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# Chunks that would make OpenCV's reading differ from Pillow's: transparency, orientation
+# (EXIF, or XMP in a text chunk), animation. A chance match inside compressed pixel data only
+# sends the image the general way.
+_PNG_SPECIAL_CHUNKS = (b"tRNS", b"eXIf", b"XML:com.adobe.xmp", b"acTL")
+
+
+def decode_plain_png(data: bytes, max_pixels: int) -> np.ndarray | None:
+    """The luminance of a plain PNG, decoded by OpenCV; None for anything else.
+
+    Plain means 8-bit grey or RGB, at most WORKING_SIZE on a side, with none of the special
+    chunks: exactly what scanners, screenshots and MNIST-style clients send. For these the
+    result is the one Pillow gives, pixel for pixel (tested), from one C call that releases
+    the GIL, where Pillow parses the file's chunks in Python: 5 us instead of 20 for a
+    small digit. Everything else, and anything OpenCV can't read, takes the general path,
+    which also words the errors.
+    """
+    if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 33:
+        return None
+    width, height, bit_depth, colour_type = struct.unpack(">IIBB", data[16:26])
+    if (bit_depth != 8 or colour_type not in (0, 2) or width * height > max_pixels
+            or max(width, height) > WORKING_SIZE
+            or any(chunk in data for chunk in _PNG_SPECIAL_CHUNKS)):
+        return None
+    pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.shape[:2] != (height, width):
+        return None
+    return pixels if colour_type == 0 else luminance_from_bgr(pixels)
+
+
+def luminance_from_bgr(bgr: np.ndarray) -> np.ndarray:
+    """Pillow's RGB-to-L conversion (ITU-R 601 weights, in its 16-bit fixed point)."""
+    blue, green, red = (bgr[..., channel].astype(np.uint32) for channel in range(3))
+    return ((red * 19595 + green * 38470 + blue * 7471 + 0x8000) >> 16).astype(np.uint8)
 
 
 def normalize(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -107,6 +107,61 @@ def test_grayscale_uses_luminance():
     assert pp.to_grayscale(image)[0, 0] == pytest.approx(29, abs=1)
 
 
+# --- the plain-PNG fast path --------------------------------------------------------------
+
+def pillow_luminance(data: bytes) -> np.ndarray:
+    """What the general (Pillow) path makes of an image, for comparison."""
+    image = pp.orient(pp.decode(data, MAX_PIXELS))
+    return pp.to_grayscale(pp.flatten_transparency(pp.shrink(image)))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+@pytest.mark.parametrize("size", [(28, 28), (1, 1), (301, 97), (1024, 700)])
+def test_a_plain_png_decodes_exactly_as_pillow_decodes_it(mode, size):
+    rng = np.random.default_rng(sum(size))
+    shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+    data = encode(Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode))
+    plain = pp.decode_plain_png(data, MAX_PIXELS)
+    assert plain is not None and plain.dtype == np.uint8
+    np.testing.assert_array_equal(plain, pillow_luminance(data))
+
+
+def png_with_chunk(image: Image.Image, chunk_type: bytes, payload: bytes) -> bytes:
+    """`image` as PNG with one extra chunk right after IHDR."""
+    data = encode(image)
+    chunk = (struct.pack(">I", len(payload)) + chunk_type + payload
+             + struct.pack(">I", zlib.crc32(chunk_type + payload)))
+    return data[:33] + chunk + data[33:]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: encode(Image.new("RGBA", (20, 20))),                      # alpha
+    lambda: encode(Image.new("LA", (20, 20))),
+    lambda: encode(Image.new("P", (20, 20))),                         # palette
+    lambda: encode(Image.new("I;16", (20, 20))),                      # 16-bit
+    lambda: encode(Image.new("L", (20, 20)), transparency=0),         # tRNS
+    lambda: png_with_chunk(Image.new("L", (20, 20)), b"eXIf", b"MM\x00*\x00\x00\x00\x08\x00\x00"),
+    lambda: encode(Image.new("L", (1025, 10))),                       # needs shrinking
+    lambda: encode(Image.new("L", (20, 20)), "JPEG"),                 # not a PNG
+], ids=["rgba", "la", "palette", "16-bit", "trns", "exif", "large", "jpeg"])
+def test_anything_but_a_plain_png_takes_the_general_path(make):
+    assert pp.decode_plain_png(make(), MAX_PIXELS) is None
+
+
+def test_the_fast_path_respects_the_pixel_limit():
+    data = encode(Image.new("L", (100, 100)))
+    assert pp.decode_plain_png(data, max_pixels=100 * 100 - 1) is None
+    with pytest.raises(pp.ImageTooLarge):
+        pp.preprocess(data, max_pixels=100 * 100 - 1)
+
+
+def test_a_truncated_plain_png_is_still_refused():
+    data = encode(draw_one())
+    assert pp.decode_plain_png(data[: len(data) // 2], MAX_PIXELS) is None
+    with pytest.raises(pp.ImageError, match="corrupt or truncated"):
+        pp.preprocess(data[: len(data) // 2], MAX_PIXELS)
+
+
 # --- polarity -----------------------------------------------------------------------------
 
 def light_on_dark(gray: np.ndarray) -> np.ndarray:
