@@ -96,3 +96,51 @@ def test_several_worker_processes_serve(tiny_model_dir):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def tcp_sockets(port: int, state: str) -> dict[int, str]:
+    """inode -> remote address of this machine's IPv4 TCP sockets on local `port` in `state`
+    ("0A" listening, "01" established), from /proc/net/tcp."""
+    found = {}
+    for row in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = row.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+            found[int(fields[9])] = fields[2]
+    return found
+
+
+def socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        target = os.readlink(f"/proc/{pid}/fd/{fd}") if os.path.exists(f"/proc/{pid}/fd/{fd}") else ""
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def test_connections_opened_together_are_spread_over_the_processes(tiny_model_dir):
+    # With one shared listening socket, one process used to accept all of them at once.
+    server, base = start_server(tiny_model_dir, workers=2, preprocess_workers=0)
+    port = int(base.rsplit(":", 1)[1])
+    clients = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(tcp_sockets(port, "0A")) < 2:  # each process listens once it is ready
+            assert time.monotonic() < deadline, "the second process never listened"
+            time.sleep(0.1)
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(24)]
+        for client in clients:
+            client.sendall(b"GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n")
+        for client in clients:
+            assert client.recv(4096).startswith(b"HTTP/1.1 200")
+        processes = subprocess.run(["ps", "-o", "pid=", "--ppid", str(server.pid)],
+                                   capture_output=True, text=True).stdout.split()
+        accepted = tcp_sockets(port, "01")
+        per_process = [len(socket_inodes(int(pid)) & accepted.keys()) for pid in processes]
+        assert sum(per_process) == 24
+        assert sorted(per_process)[-2] >= 1, per_process  # both processes took some
+    finally:
+        for client in clients:
+            client.close()
+        server.terminate()
+        server.wait(timeout=30)
