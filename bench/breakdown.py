@@ -34,7 +34,8 @@ def serve(stage: str, port: int) -> None:
 
         workers.POOL_MIN_BYTES = 0
     elif stage == "route only":
-        async def parse_and_answer(request, service, settings, style, debug):
+        async def parse_and_answer(request, style, debug):
+            settings = request.state.settings
             await predict_route.read_uploads(request, settings.max_upload_bytes,
                                              settings.max_images_per_request)
             return Response(b'{"ok":true}', media_type="application/json")
@@ -68,7 +69,10 @@ def main() -> None:
         command = [sys.executable, "-m", "bench.breakdown", "--serve", stage, "{port}"]
         with server(command, "/readyz") as (base, _, _):
             wrk(base + "/predict", body, 32, 2)
-            rate = wrk(base + "/predict", body, 32, args.seconds)["requests_per_s"]
+            result = wrk(base + "/predict", body, 32, args.seconds)
+        if result["errors"]:
+            raise RuntimeError(f"{stage}: {result['errors']} failed requests; see the stage's code")
+        rate = result["requests_per_s"]
         print(f"| {stage} | {rate:,.0f} | {1e6 / rate:,.0f} |", flush=True)
 
 

@@ -261,8 +261,9 @@ def markdown(r: dict) -> str:
             ("digit-service, 64 images/request", 8, r["service_batch64"])]
     lines = [
         f"# Benchmark {r['date']}", "",
-        f"{r['cpus']} CPUs, one server at a time, the floor and digit-service each with "
-        f"{r['workers']} worker process(es), the naive service with one; `wrk -t1`, "
+        f"{r['cpus']} CPUs, one server at a time; the floor and digit-service each run as "
+        f"{r['workers']} server process(es) (uvicorn, uvloop, httptools, an SO_REUSEPORT socket "
+        "each), the naive service as one; `wrk -t1`, "
         f"{r['seconds_per_run']} s per run, multipart PNG uploads of held-out MNIST digits. "
         "Reproduce: `make bench`.", "",
         "| what | concurrency | req/s | images/s | p50 ms | p99 ms | errors |",
