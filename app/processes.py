@@ -44,8 +44,7 @@ def serve_processes(config: uvicorn.Config, processes: int) -> None:
 
     `config.app` must be an import string: each process builds its own app.
     """
-    # Bind once here, so that a port in use is one clear error rather than one per process.
-    reuse_port_socket(config.host, config.port).close()
+    _check_port_free(config.host, config.port)
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
@@ -70,6 +69,24 @@ def serve_processes(config: uvicorn.Config, processes: int) -> None:
             child.terminate()  # SIGTERM: each finishes its requests in flight, then exits
     for child in children:
         child.join()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port that is taken, once and clearly, before any process starts.
+
+    Binding alone is not enough: another server that also uses SO_REUSEPORT (a second
+    copy of this one, say) would let us bind and then silently share its traffic.
+    """
+    probe_host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    try:
+        with socket.create_connection((probe_host, port), timeout=1):
+            raise SystemExit(f"Something is already listening on {host}:{port}.")
+    except OSError:
+        pass  # nothing answered: free, unless bound without listening, which bind tells
+    try:
+        reuse_port_socket(host, port).close()
+    except OSError as error:
+        raise SystemExit(f"Cannot listen on {host}:{port}: {error}") from error
 
 
 def _start(context, config: uvicorn.Config) -> multiprocessing.Process:

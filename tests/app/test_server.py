@@ -147,3 +147,16 @@ def test_connections_opened_together_are_spread_over_the_processes(tiny_model_di
             client.close()
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_several_processes_refuse_a_port_already_served(tiny_model_dir):
+    # SO_REUSEPORT would otherwise let a second copy quietly share the first one's traffic.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "app", "--port", str(port),
+                                 "--workers", "2", "--model-dir", str(tiny_model_dir)],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"already listening on 127.0.0.1:{port}" in result.stderr
