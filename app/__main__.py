@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
-    from app.main import create_app
+    from app.main import configure_logging, create_app
     from app.settings import Settings
 
     settings = Settings()
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from app.processes import serve_processes
 
+        configure_logging(settings.log_level)  # for the supervisor's own messages
         # Each process builds its own app from the environment.
         serve_processes(uvicorn.Config("app.main:app", **options), args.workers)
 

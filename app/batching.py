@@ -83,7 +83,8 @@ class Batcher:
         self._observe = observe
         self._jobs: collections.deque[_Job] = collections.deque()
         self._queued_images = 0
-        # Requests in the last batch; until there is one, wait for a full batch.
+        # Requests in the service during the last batch (see _enough_queued); before the
+        # first batch, a full one.
         self._expected_requests = max_batch_size
         self._wakeup = asyncio.Event()
         # One thread per model: TensorFlow parallelises each call itself, and a single

@@ -160,3 +160,29 @@ def test_several_processes_refuse_a_port_already_served(tiny_model_dir):
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert f"already listening on 127.0.0.1:{port}" in result.stderr
+
+
+def test_a_server_process_that_dies_is_replaced(tiny_model_dir):
+    server, base = start_server(tiny_model_dir, workers=2, preprocess_workers=0)
+    port = int(base.rsplit(":", 1)[1])
+    try:
+        def server_processes() -> set[int]:
+            out = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(server.pid)],
+                                 capture_output=True, text=True).stdout.splitlines()
+            return {int(line.split()[0]) for line in out if "spawn_main" in line}
+
+        deadline = time.monotonic() + 60
+        while len(tcp_sockets(port, "0A")) < 2:
+            assert time.monotonic() < deadline, "the second process never listened"
+            time.sleep(0.1)
+        first = server_processes()
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        while not (len(tcp_sockets(port, "0A")) == 2 and victim not in server_processes()
+                   and len(server_processes()) >= 2):
+            assert time.monotonic() < deadline + 60, "no replacement started listening"
+            time.sleep(0.1)
+        assert httpx.get(f"{base}/readyz").status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
