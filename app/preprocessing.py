@@ -110,8 +110,8 @@ def decode_plain_png(data: bytes, max_pixels: int) -> np.ndarray | None:
     chunks: exactly what scanners, screenshots and MNIST-style clients send. For these the
     result is the one Pillow gives, pixel for pixel (tested), from one C call that releases
     the GIL, where Pillow parses the file's chunks in Python: 7 µs instead of 24 for a
-    small digit (`python -m bench.preprocess`). Everything else, and anything OpenCV can't read, takes the general path,
-    which also words the errors.
+    small digit (`python -m bench.preprocess`). Everything else, and anything OpenCV can't
+    read, takes the general path, which also words the errors.
     """
     if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 33:
         return None
