@@ -183,8 +183,8 @@ class Batcher:
         waited = time.perf_counter() - jobs[0].enqueued_at
         try:
             outcomes: list[Any] = list(self._prepare([job.payload for job in jobs]))
-        except Exception as error:  # noqa: BLE001 - preparing failed as a whole
-            return [error] * len(jobs)
+        except Exception:  # noqa: BLE001 - preparing failed as a whole: find whose fault
+            outcomes = [self._prepare_alone(job.payload) for job in jobs]
         ready = [i for i, outcome in enumerate(outcomes) if not isinstance(outcome, Exception)]
         if not ready:
             return outcomes
@@ -209,6 +209,13 @@ class Batcher:
             outcomes[i] = BatchResult(job_inputs, outputs[offset:end])
             offset = end
         return outcomes
+
+    def _prepare_alone(self, payload: Any) -> Any:
+        try:
+            [outcome] = self._prepare([payload])
+        except Exception as error:  # noqa: BLE001 - this request's failure, and only its
+            return error
+        return outcome
 
     def _predict_alone(self, inputs: np.ndarray) -> BatchResult | Exception:
         try:

@@ -37,6 +37,9 @@ class Metrics:
                                        ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.shed = Counter("digits_requests_shed_total", "Requests refused with 503 because "
                             "the model's queue was full.", ["model"], registry=self.registry)
+        self.decoder_restarts = Counter(
+            "digits_decoder_restarts_total", "Decoder processes replaced after crashing or "
+            "overrunning their time limit on an image.", ["reason"], registry=self.registry)
         self.model_info = Gauge("digits_model_loaded", "1 for each served model version.",
                                 ["model", "version", "device"], registry=self.registry)
 

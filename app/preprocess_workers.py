@@ -1,107 +1,386 @@
-"""Preprocessing in worker processes.
+"""Preparing a batch's images: plain PNGs here, everything else in sandboxed workers.
 
-The workers import only `app.preprocessing` (Pillow and numpy): the function they run
-lives there, and `python -m app` keeps its heavy imports inside `main()`, since a spawned
-worker re-imports the parent's main module.
+Each image's header is inspected first (`app.decoding.inspect`: cheap, and it refuses
+what is over the limits). A `simple` image, a small plain PNG whose every chunk was
+checked, is then decoded in the calling thread, where a batch of them is normalised as one
+stack. Every other image is decoded in a worker process that has a cap on its address space
+(RLIMIT_AS) and a time limit per image; a worker that dies or overruns is killed and
+replaced, and the image it was on is answered 400 or 413. No image is ever retried in the
+server process, and a worker's failure reaches only the request whose image it was on:
+workers take one request's images at a time.
 
-Decoding and normalising an image is mostly Python and small numpy calls, which hold the
-GIL: in the server process a big batch would compete with the event loop for it. Worker
-processes run big batches truly in parallel, and a decoder crash takes down a worker, not
-the service. Each such batch costs one round trip per worker, not one per image.
+The workers are forked from a fork server that imports only the decoding modules
+(Pillow, OpenCV, numpy): about 35 MB each instead of the server's TensorFlow, and a
+replacement starts in milliseconds.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import dataclasses
+import hashlib
 import logging
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import os
+import queue
+import resource
+import signal
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
-from app.preprocessing import (
+from app.decoding import (
+    DecodeLimits,
     ImageError,
     ImageTooLarge,
-    prepare_images,
+    inspect,
     set_pillow_pixel_limit,
 )
+from app.preprocessing import log_rejection, prepare_images, prepare_one
 from app.uploads import Upload, UploadError
 
 logger = logging.getLogger("digits.preprocess")
 
-# Handing work to a process costs a few hundred microseconds of the server's own time
-# (pickling, pipes, the pool's helper threads), and small images are prepared a whole batch
-# at a time faster than that. The workers therefore take only batches with this many encoded
-# bytes or more: photos, whose decoding dominates.
-POOL_MIN_BYTES = 256 * 1024
+_STARTED = "started"  # a worker's acknowledgement that it has taken a task
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerLimits:
+    processes: int = 2
+    """Worker processes; 0 decodes everything in the calling thread (no sandbox)."""
+    memory_bytes: int = 512 * 2**20
+    """Address space a worker may add to what it has when it starts."""
+    timeout_s: float = 1.0
+    """Longest a worker may spend on one image."""
+
+
+@dataclasses.dataclass
+class _Task:
+    request: int            # which request of the batch
+    positions: list[int]    # which of its images
+    blobs: list[bytes]
+    retried: bool = False   # sent again after a worker died before taking it
+
+
+@dataclasses.dataclass
+class _Running:
+    task: _Task
+    deadline: float
+    started: bool = False
+    done: int = 0           # images answered so far
+
+
+class DecoderPool:
+    """Worker processes that decode and normalise images, one task (a request's images)
+    at a time each, under a memory cap and a per-image time limit.
+
+    Thread-safe: each model's batch thread runs its tasks on whichever workers are idle.
+
+    Args:
+        decode_limits: the header limits the workers check again.
+        limits: worker count, memory cap and time limit.
+        on_restart: called with "crashed" or "timeout" each time a worker is replaced.
+        work: what a worker does with each image (tests script crashes and hangs with it);
+            a module-level function, since the workers import it.
+    """
+
+    def __init__(self, decode_limits: DecodeLimits, limits: WorkerLimits,
+                 on_restart: Callable[[str], None] = lambda reason: None,
+                 work: Callable[[bytes, DecodeLimits], np.ndarray | ImageError] = prepare_one):
+        self.decode_limits = decode_limits
+        self.limits = limits
+        self._on_restart = on_restart
+        self._work = work
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["app.preprocess_workers"])
+        # Last in, first out: the worker that just finished is warm (caches, pages), and
+        # taking it again halves the cost of a small image compared with alternating.
+        self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
+        self._workers: set[_Worker] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        workers = [self._new_worker() for _ in range(self.limits.processes)]
+        for worker in workers:  # each acknowledges an empty task once it is up
+            worker.conn.send([])
+        for worker in workers:
+            if not worker.conn.poll(30) or worker.conn.recv() != _STARTED:  # noqa: SIM
+                raise RuntimeError("a preprocessing worker did not start")
+            self._idle.put(worker)
+
+    def close(self) -> None:
+        with self._lock:
+            workers, self._workers = list(self._workers), set()
+        for worker in workers:
+            worker.stop()
+
+    @property
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [worker.process.pid for worker in self._workers]
+
+    def run(self, tasks: list[_Task]) -> list[list[np.ndarray | ImageError]]:
+        """Each task's results, in order: a digit or the ImageError of each image."""
+        results: list[list] = [[None] * len(task.blobs) for task in tasks]
+        waiting = collections.deque(tasks)
+        running: dict[_Worker, _Running] = {}
+        by_task = {id(task): answer for task, answer in zip(tasks, results, strict=True)}
+        try:
+            while waiting or running:
+                while waiting:
+                    worker = self._checkout(block=not running)
+                    if worker is None:
+                        break
+                    task = waiting.popleft()
+                    if worker.send(task.blobs):
+                        running[worker] = _Running(task, time.monotonic() + self.limits.timeout_s)
+                    else:  # found dead before it took the task: nothing to blame
+                        self._replace(worker, "crashed")
+                        waiting.appendleft(task)
+                self._collect(running, waiting, by_task)
+        finally:
+            for worker in running:  # only if this thread itself was interrupted
+                self._replace(worker, "crashed")
+        return results
+
+    def _collect(self, running: dict[_Worker, _Running], waiting: collections.deque,
+                 by_task: dict[int, list]) -> None:
+        """Wait for the next messages (or the nearest deadline) and act on them."""
+        nearest = min(state.deadline for state in running.values())
+        by_conn = {worker.conn: worker for worker in running}
+        for conn in wait(list(by_conn), timeout=max(0.0, nearest - time.monotonic())):
+            worker = by_conn[conn]
+            state = running[worker]
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                del running[worker]
+                self._replace(worker, "crashed")
+                if not state.started and not state.task.retried:
+                    # It died before taking the task (killed while idle, say): the task
+                    # itself is not to blame, so a fresh worker gets it once more.
+                    state.task.retried = True
+                    waiting.appendleft(state.task)
+                else:
+                    self._fail(state, by_task, ImageError(
+                        "The decoder crashed on this image; it is corrupt or malicious."))
+                continue
+            state.deadline = time.monotonic() + self.limits.timeout_s
+            if isinstance(message, str):  # _STARTED
+                state.started = True
+            else:
+                by_task[id(state.task)][state.done] = message
+                state.done += 1
+            if state.started and state.done == len(state.task.blobs):
+                del running[worker]
+                self._idle.put(worker)
+        now = time.monotonic()
+        for worker, state in list(running.items()):
+            if state.deadline > now:
+                continue
+            del running[worker]
+            self._replace(worker, "timeout")
+            if not state.started and not state.task.retried:  # it never took the task
+                state.task.retried = True
+                waiting.appendleft(state.task)
+            else:
+                self._fail(state, by_task, ImageTooLarge(
+                    f"The image took over {self.limits.timeout_s:g} s to decode."))
+
+    def _fail(self, state: _Running, by_task: dict[int, list], error: ImageError) -> None:
+        """The image a worker was on gets `error`; the rest of its task go undecoded (the
+        request fails on its first error anyway, which is this one)."""
+        task, answers = state.task, by_task[id(state.task)]
+        logger.warning("preprocessing worker failed on image %d of a request (%s), sha256 %s",
+                       task.positions[state.done] + 1, error,
+                       hashlib.sha256(task.blobs[state.done]).hexdigest())
+        answers[state.done] = error
+        for i in range(state.done + 1, len(answers)):
+            answers[i] = ImageError("Not decoded: an earlier image of the request failed.")
+
+    def _checkout(self, block: bool) -> _Worker | None:
+        try:
+            return self._idle.get(block=block)
+        except queue.Empty:
+            return None
+
+    def _replace(self, worker: _Worker, reason: str) -> None:
+        worker.kill()
+        with self._lock:
+            self._workers.discard(worker)
+        self._on_restart(reason)
+        self._idle.put(self._new_worker())
+
+    def _new_worker(self) -> _Worker:
+        worker = _Worker(self._context, (self._work, self.decode_limits,
+                                         self.limits.memory_bytes))
+        with self._lock:
+            self._workers.add(worker)
+        return worker
+
+
+class _Worker:
+    """One worker process and the parent's end of its pipe."""
+
+    def __init__(self, context, serve_args: tuple):
+        self.conn, child_conn = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child_conn, *serve_args),
+                                       name="digits-decoder", daemon=True)
+        self.process.start()
+        child_conn.close()  # else its death would never show as end-of-file here
+
+    def send(self, blobs: list[bytes]) -> bool:
+        """Hand over a task; False if the worker is already gone."""
+        if not self.process.is_alive():
+            return False
+        try:
+            self.conn.send(blobs)
+        except (BrokenPipeError, OSError):
+            return False
+        return True
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError, AttributeError):
+            os.kill(self.process.pid, signal.SIGKILL)
+        self.process.join(timeout=5)
+        self.conn.close()
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(None)
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.kill()
+        self.conn.close()
+
+
+def _serve(conn: Connection, work: Callable, decode_limits: DecodeLimits,
+           memory_bytes: int) -> None:
+    """A worker's loop: take a task (a list of encoded images), acknowledge it, then send
+    back each image's digit or ImageError as soon as it is ready."""
+    _die_with_parent()
+    _cap_address_space(memory_bytes)
+    set_pillow_pixel_limit(decode_limits.max_pixels)
+    while (blobs := _receive(conn)) is not None:
+        conn.send(_STARTED)
+        for data in blobs:
+            conn.send(work(data, decode_limits))
+
+
+def _receive(conn: Connection) -> list[bytes] | None:
+    try:
+        return conn.recv()
+    except (EOFError, OSError):
+        return None
+
+
+def _cap_address_space(extra_bytes: int) -> None:
+    """Let this process map at most `extra_bytes` beyond what it has now: a decoder that
+    asks for more gets a MemoryError (or crashes), never the machine's memory."""
+    with open("/proc/self/status") as status:
+        now_kib = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
+    limit = now_kib * 1024 + extra_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when the process that forked it exits."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class PreprocessWorkers:
     """Turns the uploads of a batch of requests into digits, one array or error per request.
 
     Args:
-        processes: worker processes; 0 preprocesses in the calling thread instead.
-        max_pixels: the largest width x height decoded.
-        min_pool_bytes: batches with fewer encoded bytes are prepared in the calling thread
-            (default POOL_MIN_BYTES).
+        decode_limits: pixel and memory limits per image.
+        limits: the decoder processes (0 decodes everything in the calling thread).
+        max_request_pixels: the most pixels all of one request's images may add up to.
+        on_restart: called with the reason each time a worker is replaced (a metric).
+        work: what a worker does with each image (see DecoderPool).
     """
 
-    def __init__(self, processes: int, max_pixels: int, min_pool_bytes: int | None = None):
-        self.processes = processes
-        self.max_pixels = max_pixels
-        self.min_pool_bytes = POOL_MIN_BYTES if min_pool_bytes is None else min_pool_bytes
-        self._pool: ProcessPoolExecutor | None = None
+    def __init__(self, decode_limits: DecodeLimits, limits: WorkerLimits,
+                 max_request_pixels: int = 100_000_000,
+                 on_restart: Callable[[str], None] = lambda reason: None,
+                 work: Callable[[bytes, DecodeLimits], np.ndarray | ImageError] = prepare_one):
+        self.decode_limits = decode_limits
+        self.max_request_pixels = max_request_pixels
+        self.pool = (DecoderPool(decode_limits, limits, on_restart, work)
+                     if limits.processes else None)
 
     def start(self) -> None:
-        set_pillow_pixel_limit(self.max_pixels)
-        if self.processes > 0:
-            self._pool = self._new_pool()
-            # Start every worker now, so the first requests don't wait for them to spawn.
-            warm = [self._pool.submit(prepare_images, [], self.max_pixels)
-                    for _ in range(self.processes)]
-            for future in warm:
-                future.result()
+        set_pillow_pixel_limit(self.decode_limits.max_pixels)
+        if self.pool is None:
+            logger.warning("DIGITS_PREPROCESS_WORKERS=0: every image is decoded in the server "
+                           "process, without a memory cap or time limit")
+        else:
+            self.pool.start()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.close()
 
     def __call__(self, requests: list[list[Upload]]) -> list[np.ndarray | UploadError]:
-        blobs = [upload.data for uploads in requests for upload in uploads]
-        results = self._prepare(blobs)
-        outcomes: list[np.ndarray | UploadError] = []
-        start = 0
-        for uploads in requests:
-            mine = results[start: start + len(uploads)]
-            start += len(uploads)
-            failure = next(((u, r) for u, r in zip(uploads, mine, strict=True)
-                            if isinstance(r, ImageError)), None)
-            outcomes.append(as_upload_error(*failure) if failure else np.stack(mine))
-        return outcomes
+        answers: list[list] = [[None] * len(uploads) for uploads in requests]
+        here: list[tuple[int, int]] = []
+        elsewhere: list[_Task] = []
+        for r, uploads in enumerate(requests):
+            self._route(r, uploads, answers[r], here, elsewhere)
+        if here:
+            prepared = prepare_images([requests[r][i].data for r, i in here],
+                                      self.decode_limits)
+            for (r, i), result in zip(here, prepared, strict=True):
+                answers[r][i] = result
+        if elsewhere:
+            for task, results in zip(elsewhere, self.pool.run(elsewhere), strict=True):
+                for i, result in zip(task.positions, results, strict=True):
+                    answers[task.request][i] = result
+        return [self._outcome(uploads, mine)
+                for uploads, mine in zip(requests, answers, strict=True)]
 
-    def _prepare(self, blobs: list[bytes]) -> list[np.ndarray | ImageError]:
-        if self._pool is None or sum(map(len, blobs)) < self.min_pool_bytes:
-            return prepare_images(blobs, self.max_pixels)
-        chunks = np.array_split(np.arange(len(blobs)), min(self.processes, len(blobs)))
-        futures = [self._pool.submit(prepare_images, [blobs[i] for i in chunk], self.max_pixels)
-                   for chunk in chunks]
-        try:
-            return [result for future in futures for result in future.result()]
-        except BrokenProcessPool:
-            # A worker died (a decoder crash, the OOM killer): replace the pool and do this
-            # batch here, so the requests still get their answers.
-            logger.error("a preprocessing worker died; restarting the pool")
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new_pool()
-            return prepare_images(blobs, self.max_pixels)
+    def _route(self, r: int, uploads: list[Upload], answers: list, here: list,
+               elsewhere: list[_Task]) -> None:
+        """Inspect one request's images; queue them here or for the workers, or fail it."""
+        pooled, pixels = [], 0
+        for i, upload in enumerate(uploads):
+            try:
+                header = inspect(upload.data, self.decode_limits)
+            except ImageError as error:
+                answers[i] = error
+                return  # the request fails on this image; decode none of it
+            pixels += header.pixels
+            if pixels > self.max_request_pixels:
+                answers[i] = ImageTooLarge(
+                    f"The request's images add up to over {self.max_request_pixels:,} pixels "
+                    "(DIGITS_MAX_REQUEST_PIXELS); send fewer or smaller images per request.")
+                return
+            if header.simple or self.pool is None:
+                here.append((r, i))
+            else:
+                pooled.append(i)
+        if not pooled:
+            return
+        # A request's images are split over the workers, never mixed with another's.
+        parts = min(len(pooled), self.pool.limits.processes)
+        for chunk in np.array_split(np.array(pooled), parts):
+            positions = chunk.tolist()
+            elsewhere.append(_Task(r, positions, [uploads[i].data for i in positions]))
 
-    def _new_pool(self) -> ProcessPoolExecutor:
-        # "spawn": forking a process that has started TensorFlow's threads is unsafe.
-        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=set_pillow_pixel_limit,
-                                   initargs=(self.max_pixels,))
+    @staticmethod
+    def _outcome(uploads: list[Upload], answers: list) -> np.ndarray | UploadError:
+        for upload, answer in zip(uploads, answers, strict=True):
+            if isinstance(answer, ImageError):
+                log_rejection(answer, upload.data)
+                return as_upload_error(upload, answer)
+        return np.stack(answers)
 
 
 def as_upload_error(upload: Upload, error: ImageError) -> UploadError:
-    status = 413 if isinstance(error, ImageTooLarge) else 400
-    return UploadError(status, f"{upload.label}: {error}")
+    return UploadError(error.status_code, f"{upload.label}: {error}")

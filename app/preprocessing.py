@@ -1,15 +1,13 @@
-"""Turning a real-world image into the 28x28 MNIST-format digit the models were trained on.
+"""Turning decoded pixels into the 28x28 MNIST-format digit the models were trained on.
 
-Pure functions from bytes to numpy arrays, one per step, no web framework objects:
+Decoding (untrusted bytes -> pixels) is `app.decoding`, the security boundary; this module
+starts from its output, a uint8 luminance image, and is pure numpy:
 
-    per image:        decode -> orient -> shrink -> flatten_transparency -> to_grayscale
-                      (or, for a plain PNG, decode_plain_png: all of that in one step)
-    per stack of      to_light_on_dark -> find_digit_boxes -> fit_in_box -> center_by_mass
-    same-sized ones:
+    per stack of same-sized images:
+        to_light_on_dark -> find_digit_boxes -> fit_in_box -> center_by_mass
 
-The steps after decoding work on a stack of images at once: a batch of requests' small
-uploads then costs a few numpy calls in all, where one image at a time it cost a few
-dozen per image.
+The steps work on a stack of images at once: a batch of requests' small uploads then costs
+a few numpy calls in all, where one image at a time it cost a few dozen per image.
 
 MNIST digits are light strokes on a black background, scaled so the longest side is 20 px
 and placed in a 28x28 field so that their centre of mass is in the middle. Phone photos,
@@ -18,25 +16,19 @@ scans and canvas exports are none of that; each step below undoes one difference
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import io
-import struct
+import hashlib
+import logging
 
-import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
+from app.decoding import DecodeLimits, DecoderFailure, ImageError, decode, inspect
 from digit_contract import IMAGE_SIZE
 
-# OpenCV would log each unreadable upload to stderr; those get their own 400 answer instead.
-cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+logger = logging.getLogger("digits.preprocess")
 
 DIGIT_BOX = 20
 """MNIST scales each digit so its longest side is 20 px."""
-
-WORKING_SIZE = 1024
-"""Larger images are shrunk to this longest side first: plenty for a 20 px digit, and fast."""
 
 # Below this spread between background and ink there is no digit to read, only a blank page.
 MIN_CONTRAST = 24.0
@@ -49,87 +41,72 @@ STROKE_LEVEL = 64.0
 CROP_TRIM = 0.002
 
 
-class ImageError(ValueError):
-    """The upload is not a usable image; the message says why (HTTP 400)."""
-
-
-class ImageTooLarge(ImageError):
-    """The image's pixel dimensions exceed the configured limit (HTTP 413)."""
-
-
-def preprocess(data: bytes, max_pixels: int) -> np.ndarray:
-    """Run every step on one encoded image: a uint8 [28, 28] digit, light on dark."""
-    [result] = prepare_images([data], max_pixels)
+def preprocess(data: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
+    """Inspect, decode and normalise one encoded image, here: a uint8 [28, 28] digit."""
+    [result] = prepare_images([data], limits)
     if isinstance(result, ImageError):
         raise result
     return result
 
 
-def prepare_images(blobs: list[bytes], max_pixels: int) -> list[np.ndarray | ImageError]:
-    """Each encoded image as uint8 [28, 28], or the ImageError that rejected it.
+def prepare_one(data: bytes, limits: DecodeLimits) -> np.ndarray | ImageError:
+    """One encoded image as uint8 [28, 28], or the ImageError that rejected it."""
+    return prepare_images([data], limits)[0]
 
-    Decoding is per image (OpenCV for plain PNGs, Pillow for the rest); everything after it
-    runs on stacks of same-sized images at once, so a batch of small uploads costs a few
-    numpy calls, not a few per image.
-    """
+
+# Decoded images waiting to be normalised are kept to about this many pixels: a batch of
+# large images is normalised a few at a time instead of all held at once.
+MAX_PENDING_PIXELS = 1 << 23
+
+
+def prepare_images(blobs: list[bytes], limits: DecodeLimits) -> list[np.ndarray | ImageError]:
+    """Each encoded image as uint8 [28, 28], or the ImageError that rejected it, decoded in
+    this process (the callers decide which images may be: see app.preprocess_workers)."""
     results: list[np.ndarray | ImageError | None] = [None] * len(blobs)
-    grays: dict[int, np.ndarray] = {}
+    pending: dict[int, np.ndarray] = {}
+    pending_pixels = 0
     for i, data in enumerate(blobs):
         try:
-            grays[i] = load_grayscale(data, max_pixels)
+            gray = decode(data, inspect(data, limits))
         except ImageError as error:
             results[i] = error
-    for indices in _same_shape_groups(grays):
-        digits, found = normalize(np.stack([grays[i] for i in indices]))
-        next_digit = iter(digits)
-        for i, has_digit in zip(indices, found, strict=True):
-            results[i] = next(next_digit) if has_digit else ImageError(NO_DIGIT)
+            continue
+        pending[i] = gray
+        pending_pixels += gray.size
+        if pending_pixels >= MAX_PENDING_PIXELS:
+            results_of(pending, results)
+            pending, pending_pixels = {}, 0
+    results_of(pending, results)
     return results
 
 
-def load_grayscale(data: bytes, max_pixels: int) -> np.ndarray:
-    """Decode, orient, shrink and flatten one image: its luminance as uint8 [H, W]."""
-    plain = decode_plain_png(data, max_pixels)
-    if plain is not None:
-        return plain
-    return to_grayscale(flatten_transparency(shrink(orient(decode(data, max_pixels)))))
+def log_rejection(error: ImageError, data: bytes) -> None:
+    """Note a decoder's unexpected failure with the payload's hash, to find and replay it."""
+    if isinstance(error, DecoderFailure):
+        logger.info("%s sha256 %s", error, hashlib.sha256(data).hexdigest())
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-# Chunks that would make OpenCV's reading differ from Pillow's: transparency, orientation
-# (EXIF, or XMP in a text chunk), animation. A chance match inside compressed pixel data only
-# sends the image the general way.
-_PNG_SPECIAL_CHUNKS = (b"tRNS", b"eXIf", b"XML:com.adobe.xmp", b"acTL")
-
-
-def decode_plain_png(data: bytes, max_pixels: int) -> np.ndarray | None:
-    """The luminance of a plain PNG, decoded by OpenCV; None for anything else.
-
-    Plain means 8-bit grey or RGB, at most WORKING_SIZE on a side, with none of the special
-    chunks: exactly what scanners, screenshots and MNIST-style clients send. For these the
-    result is the one Pillow gives, pixel for pixel (tested), from one C call that releases
-    the GIL, where Pillow parses the file's chunks in Python: 7 µs instead of 24 for a
-    small digit (`python -m bench.preprocess`). Everything else, and anything OpenCV can't
-    read, takes the general path, which also words the errors.
-    """
-    if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 33:
-        return None
-    width, height, bit_depth, colour_type = struct.unpack(">IIBB", data[16:26])
-    if (bit_depth != 8 or colour_type not in (0, 2) or width * height > max_pixels
-            or max(width, height) > WORKING_SIZE
-            or any(chunk in data for chunk in _PNG_SPECIAL_CHUNKS)):
-        return None
-    pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if pixels is None or pixels.shape[:2] != (height, width):
-        return None
-    return pixels if colour_type == 0 else luminance_from_bgr(pixels)
+def results_of(grays: dict[int, np.ndarray], results: list) -> None:
+    """Normalise decoded images, stacked by size, into `results` at their indices."""
+    for indices in _same_shape_groups(grays):
+        try:
+            digits, found = normalize(np.stack([grays[i] for i in indices]))
+        except Exception:  # noqa: BLE001 - never let one image's failure take its stack
+            for i in indices:
+                results[i] = _normalize_alone(grays[i])
+            continue
+        next_digit = iter(digits)
+        for i, has_digit in zip(indices, found, strict=True):
+            results[i] = next(next_digit) if has_digit else ImageError(NO_DIGIT)
 
 
-def luminance_from_bgr(bgr: np.ndarray) -> np.ndarray:
-    """Pillow's RGB-to-L conversion (ITU-R 601 weights, in its 16-bit fixed point)."""
-    blue, green, red = (bgr[..., channel].astype(np.uint32) for channel in range(3))
-    return ((red * 19595 + green * 38470 + blue * 7471 + 0x8000) >> 16).astype(np.uint8)
+def _normalize_alone(gray: np.ndarray) -> np.ndarray | ImageError:
+    try:
+        digits, found = normalize(gray[np.newaxis])
+    except Exception as error:  # noqa: BLE001
+        logger.exception("normalising a %s image failed", gray.shape)
+        return ImageError(f"The image could not be prepared ({type(error).__name__}).")
+    return digits[0] if found[0] else ImageError(NO_DIGIT)
 
 
 def normalize(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,102 +132,6 @@ def _same_shape_groups(grays: dict[int, np.ndarray]) -> list[list[int]]:
         step = max(1, MAX_STACK_PIXELS // (height * width))
         groups.extend(indices[start: start + step] for start in range(0, len(indices), step))
     return groups
-
-
-def decode(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode anything Pillow reads; reject empty, corrupt, truncated and oversized images.
-
-    The pixel limit is checked from the header, before any pixel is decoded, so a small
-    file that claims huge dimensions (a decompression bomb) costs nothing. Pillow's own
-    guard (`Image.MAX_IMAGE_PIXELS`, set by `set_pillow_pixel_limit`) stops bombs hidden
-    deeper, such as in a later frame.
-    """
-    if not data:
-        raise ImageError("The image is empty (0 bytes).")
-    with _decoding_errors():
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > max_pixels:
-            raise ImageTooLarge(f"The image is {image.width}x{image.height} pixels; the limit "
-                                f"is {max_pixels:,} pixels. Send a smaller image.")
-        if image.format == "JPEG":
-            # Let the JPEG decoder skip detail we would throw away (much faster for photos).
-            image.draft(image.mode, (WORKING_SIZE, WORKING_SIZE))
-        image.load()
-    return image
-
-
-@contextlib.contextmanager
-def _decoding_errors():
-    """Translate Pillow's many decoding exceptions into ImageError and ImageTooLarge."""
-    try:
-        yield
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as error:
-        raise ImageTooLarge(f"The image is too large to decode safely: {error}") from error
-    except UnidentifiedImageError as error:
-        raise ImageError("The data is not an image format this service reads "
-                         "(PNG, JPEG, BMP, GIF, WebP, TIFF).") from error
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageError(f"The image is corrupt or truncated: {error}") from error
-
-
-def set_pillow_pixel_limit(max_pixels: int) -> None:
-    """Make Pillow's process-wide decompression-bomb limit match the service's own."""
-    Image.MAX_IMAGE_PIXELS = max_pixels
-
-
-# Where Pillow finds an orientation tag: EXIF and XMP blocks in `info`, or TIFF's own tags.
-_ORIENTATION_SOURCES = ("exif", "xmp", "XML:com.adobe.xmp")
-
-
-def orient(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation tag, as phone cameras expect viewers to."""
-    if image.format != "TIFF" and not any(key in image.info for key in _ORIENTATION_SOURCES):
-        return image  # nothing to read; skips parsing for the common untagged image
-    try:
-        return ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - a malformed EXIF block should not lose the image
-        return image
-
-
-def shrink(image: Image.Image) -> Image.Image:
-    if max(image.size) <= WORKING_SIZE:
-        return image
-    image = image.copy()
-    image.thumbnail((WORKING_SIZE, WORKING_SIZE), Image.Resampling.BOX)
-    return image
-
-
-def flatten_transparency(image: Image.Image) -> Image.Image:
-    """Composite a transparent image onto a background that contrasts with its strokes.
-
-    A canvas export is dark strokes on fully transparent (often transparent *black*)
-    pixels: dropping alpha would put black strokes on black. The visible pixels' own
-    brightness decides the background: dark strokes go on white, light strokes on black.
-    """
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode not in ("RGBA", "LA", "PA", "La", "RGBa"):
-        return image
-    rgba = image.convert("RGBA")
-    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32) / 255.0
-    if alpha.min() > 0.98:
-        return rgba.convert("RGB")
-    luminance = np.asarray(rgba.convert("L"), dtype=np.float32)
-    visible = alpha > 0.5
-    stroke_level = float(luminance[visible].mean()) if visible.any() else 0.0
-    background_level = 255 if stroke_level < 128 else 0
-    background = Image.new("RGBA", rgba.size, (background_level,) * 3 + (255,))
-    return Image.alpha_composite(background, rgba).convert("RGB")
-
-
-def to_grayscale(image: Image.Image) -> np.ndarray:
-    """Luminance as uint8 [H, W] (ITU-R 601 weights, as Pillow's "L")."""
-    if image.mode != "L":
-        image = image.convert("RGB").convert("L")
-    # Copying the bytes out is cheaper than numpy's generic array-interface route.
-    return np.frombuffer(image.tobytes(), dtype=np.uint8).reshape(image.height, image.width)
 
 
 NO_DIGIT = "No digit found: the image is blank or has almost no contrast."
@@ -378,7 +259,9 @@ def fit_in_box(ink: np.ndarray, boxes: np.ndarray,
     return fitted, sizes
 
 
-@functools.lru_cache(maxsize=4096)
+# The cache is keyed on digit sizes (at most WORKING_SIZE x DIGIT_BOX of them), which a
+# client controls: 256 entries of at most 80 KB each bound it to 20 MB.
+@functools.lru_cache(maxsize=256)
 def lanczos_weights(length: int, out_length: int) -> np.ndarray:
     """float32 [out_length, length]: resampling `length` pixels to `out_length` pixels.
 

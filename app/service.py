@@ -10,8 +10,9 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from app.batching import Batcher
+from app.decoding import DecodeLimits
 from app.observability import Metrics
-from app.preprocess_workers import PreprocessWorkers
+from app.preprocess_workers import PreprocessWorkers, WorkerLimits
 from app.registry import LoadedModel, ModelRegistry
 from app.schemas import Prediction, PredictResponse
 from app.settings import Settings
@@ -26,7 +27,12 @@ class PredictionService:
         self.registry = registry
         self.settings = settings
         self.metrics = metrics
-        self.preprocess = PreprocessWorkers(settings.preprocess_workers, settings.max_image_pixels)
+        self.preprocess = PreprocessWorkers(
+            DecodeLimits(settings.max_image_pixels, settings.max_decode_megabytes * 2**20),
+            WorkerLimits(settings.preprocess_workers, settings.decoder_memory_megabytes * 2**20,
+                         settings.decode_timeout_ms / 1000),
+            max_request_pixels=settings.max_request_pixels,
+            on_restart=lambda reason: metrics.decoder_restarts.labels(reason).inc())
         self.batchers = {
             style: Batcher(model_on_pixels(model), prepare=self.preprocess,
                            max_batch_size=settings.max_batch_size,

@@ -29,6 +29,15 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(256, gt=0)
     max_image_pixels: int = Field(
         40_000_000, gt=0, description="Largest width x height decoded (decompression bombs).")
+    max_decode_megabytes: int = Field(
+        96, gt=0, description="Largest memory one image may need to decode, estimated from its "
+        "header before decoding (a 4000x6000 RGB PNG needs 92 MB; a 6,000-px JPEG far less).")
+    max_request_pixels: int = Field(
+        100_000_000, gt=0, description="Most pixels all the images of one request may add up to.")
+    decode_timeout_ms: int = Field(
+        1000, gt=0, description="Longest a decoder process may spend on one image.")
+    decoder_memory_megabytes: int = Field(
+        512, gt=0, description="Address space a decoder process may add to its own (RLIMIT_AS).")
     max_batch_size: int = Field(128, gt=0, description="Most images in one model call.")
     batch_timeout_ms: float = Field(
         2.0, ge=0, description="Longest wait for more requests before a model call. It only "
@@ -38,7 +47,8 @@ class Settings(BaseSettings):
                                   description="Images waiting per model before 503 + Retry-After.")
     preprocess_workers: int = Field(
         default_factory=lambda: min(4, os.cpu_count() or 1), ge=0,
-        description="Processes decoding images; 0 decodes in the server process.")
+        description="Sandboxed processes decoding every image but small plain PNGs; 0 decodes "
+        "everything in the server process, without memory or time limits (not for production).")
     cpu_threads: int = Field(0, ge=0, description="TensorFlow CPU threads per server process; "
                              "0: this machine's cores divided by the server processes.")
     log_level: str = Field("info", description="debug, info, warning or error.")

@@ -5,8 +5,8 @@
 Runs the real app four times on 127.0.0.1, each driven by wrk at 32 connections:
 `route only` (read and parse the upload, answer a fixed body), `+ batcher` (queue, batch
 thread and response, with no-op decoding and model), `+ model` (the real model on blank
-digits), `full` (real decoding too), and `full` with even small batches sent to the
-preprocessing worker processes. The differences are what each stage costs.
+digits), `full` (real decoding too), and `full` with even small plain PNGs sent to the
+decoder worker processes. The differences are what each stage costs.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-STAGES = ("route only", "+ batcher", "+ model", "full", "full, every batch in workers")
+STAGES = ("route only", "+ batcher", "+ model", "full", "full, every image in workers")
 
 
 def serve(stage: str, port: int) -> None:
@@ -29,10 +29,13 @@ def serve(stage: str, port: int) -> None:
     from app.main import create_app
     from app.settings import Settings
 
-    if stage == "full, every batch in workers":
+    if stage == "full, every image in workers":
+        import dataclasses
+
         import app.preprocess_workers as workers
 
-        workers.POOL_MIN_BYTES = 0
+        inspect = workers.inspect
+        workers.inspect = lambda *args: dataclasses.replace(inspect(*args), simple=False)
     elif stage == "route only":
         async def parse_and_answer(request, style, debug):
             settings = request.state.settings

@@ -13,10 +13,10 @@ import statistics
 import time
 from collections.abc import Callable
 
-from app import preprocessing
+from app import decoding, preprocessing
 from bench.run import png, sample_digits
 
-MAX_PIXELS = 40_000_000
+LIMITS = decoding.DecodeLimits()
 
 
 def microseconds_per_image(work: Callable[[], object], images: int, rounds: int = 7) -> float:
@@ -38,19 +38,19 @@ def main() -> None:
     blobs = [png(digit) for digit in sample_digits(128)]
     one = blobs[0]
 
-    def general_path() -> object:
-        image = preprocessing.orient(preprocessing.decode(one, MAX_PIXELS))
-        return preprocessing.to_grayscale(preprocessing.flatten_transparency(image))
-
+    header = decoding.inspect(one, LIMITS)
     rows = [
-        ("decode one 28×28 PNG: general path (Pillow)", microseconds_per_image(general_path, 1)),
+        ("inspect one 28×28 PNG's header", microseconds_per_image(
+            lambda: decoding.inspect(one, LIMITS), 1)),
+        ("decode one 28×28 PNG: general path (Pillow)", microseconds_per_image(
+            lambda: decoding._decode_with_pillow(one, header), 1)),
         ("decode one 28×28 PNG: plain-PNG path (OpenCV)", microseconds_per_image(
-            lambda: preprocessing.decode_plain_png(one, MAX_PIXELS), 1)),
+            lambda: decoding._decode_fast_png(one, header), 1)),
     ]
     for size in (1, 16, 128):
-        rows.append((f"prepare a batch of {size}: decode + normalise + centre",
+        rows.append((f"prepare a batch of {size}: inspect + decode + normalise + centre",
                      microseconds_per_image(
-                         lambda size=size: preprocessing.prepare_images(blobs[:size], MAX_PIXELS),
+                         lambda size=size: preprocessing.prepare_images(blobs[:size], LIMITS),
                          size)))
     print("| step | µs per image |\n|---|---:|")
     for name, cost in rows:

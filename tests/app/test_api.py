@@ -178,11 +178,19 @@ def test_openapi_documents_the_endpoints(client):
 
 # --- errors: a clear 4xx, never a 500 -----------------------------------------------------
 
-@pytest.mark.parametrize("body", [b"", b"not an image at all", PNG[:100]])
+@pytest.mark.parametrize("body", [b"", PNG[:100], PNG[:8] + b"\0" * 40])
 def test_undecodable_empty_and_truncated_images_are_400(client, body):
     response = client.post("/predict", content=body, headers={"content-type": "image/png"})
     assert response.status_code == 400
     assert response.json()["detail"]
+
+
+@pytest.mark.parametrize("body", [b"not an image at all", encode(draw_one(), "PPM"),
+                                  encode(draw_one(), "ICO"), encode(draw_one(), "TGA")])
+def test_formats_outside_the_allow_list_are_415_naming_the_list(client, body):
+    response = client.post("/predict", content=body, headers={"content-type": "image/png"})
+    assert response.status_code == 415
+    assert "PNG, JPEG, WebP, GIF, BMP, TIFF" in response.json()["detail"]
 
 
 def test_blank_image_is_400(client):
@@ -192,7 +200,8 @@ def test_blank_image_is_400(client):
 
 
 def test_one_bad_file_fails_the_request_and_is_named(client):
-    files = [("file", ("good.png", PNG, "image/png")), ("file", ("bad.png", b"xx", "image/png"))]
+    files = [("file", ("good.png", PNG, "image/png")),
+             ("file", ("bad.png", PNG[:60], "image/png"))]
     response = client.post("/predict", files=files)
     assert response.status_code == 400
     assert "file #2 ('bad.png')" in response.json()["detail"]
@@ -272,7 +281,7 @@ def test_too_many_images_is_413(client, settings):
 
 
 def test_huge_pixel_dimensions_are_413(client):
-    from tests.app.test_preprocessing import png_header_only
+    from tests.app.test_decoding import png_header_only
 
     response = client.post("/predict", content=png_header_only(50_000, 50_000),
                            headers={"content-type": "image/png"})

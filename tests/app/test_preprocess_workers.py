@@ -1,74 +1,207 @@
-"""Preprocessing in worker processes: results per request, errors named, crashes survived."""
+"""Preprocessing in worker processes: results per request, failures kept to their own
+request, and workers replaced whenever they die, at whatever point that happens."""
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 
 import numpy as np
 import pytest
 
-from app.preprocess_workers import PreprocessWorkers
+from app.decoding import DecodeLimits
+from app.preprocess_workers import PreprocessWorkers, WorkerLimits
+from app.preprocessing import prepare_one
 from app.uploads import Upload, UploadError
 from tests.images import draw_one, encode
 
-GOOD = encode(draw_one())
-BIG = 40  # images in a "big" batch; in these tests every batch goes to the workers
+PNG = encode(draw_one())                     # simple: decoded in the calling thread
+JPEG = encode(draw_one().convert("RGB"), "JPEG")  # decoded by the workers
+# Valid JPEGs (a trailer after the end marker is ignored by decoders) that tell the
+# scripted worker below to crash or hang on them.
+CRASH = JPEG + b"CRASH"
+HANG = JPEG + b"HANG"
+LIMITS = DecodeLimits(max_pixels=4_000_000)
 
 
-@pytest.fixture(scope="module")
+def scripted_work(data: bytes, limits: DecodeLimits):
+    """The real work, except on the marked images: a decoder that segfaults or loops."""
+    if data.endswith(b"CRASH"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if data.endswith(b"HANG"):
+        time.sleep(60)
+    return prepare_one(data, limits)
+
+
+class Restarts(list):
+    def __call__(self, reason: str) -> None:
+        self.append(reason)
+
+
+@pytest.fixture
 def workers():
-    workers = PreprocessWorkers(processes=2, max_pixels=4_000_000, min_pool_bytes=0)
+    restarts = Restarts()
+    workers = PreprocessWorkers(LIMITS, WorkerLimits(processes=2, timeout_s=2.0),
+                                on_restart=restarts, work=scripted_work)
     workers.start()
+    workers.restarts = restarts
     yield workers
     workers.close()
 
 
-def uploads(count: int, bad_at: int | None = None) -> list[Upload]:
-    return [Upload(f"file #{i + 1}", b"broken" if i == bad_at else GOOD) for i in range(count)]
+def uploads(data: bytes, count: int = 1, first: int = 1) -> list[Upload]:
+    return [Upload(f"file #{i}", data) for i in range(first, first + count)]
 
 
-def test_a_big_batch_is_prepared_by_the_workers_in_request_order(workers):
-    requests = [uploads(BIG), uploads(3, bad_at=1), uploads(5)]
-    good, bad, other = workers(requests)
-    assert good.shape == (BIG, 28, 28) and good.dtype == np.uint8
-    assert other.shape == (5, 28, 28)
-    assert (good == good[0]).all() and (other[0] == good[0]).all()
-    assert isinstance(bad, UploadError) and bad.status_code == 400
-    assert bad.detail.startswith("file #2:")
+def assert_digits(answer, count: int) -> None:
+    assert isinstance(answer, np.ndarray), answer
+    assert answer.shape == (count, 28, 28) and answer.dtype == np.uint8
+
+
+def kill_idle_workers(workers: PreprocessWorkers) -> None:
+    """SIGKILL every worker, and wait until each is really gone."""
+    processes = list(workers.pool._workers)
+    for worker in processes:
+        os.kill(worker.process.pid, signal.SIGKILL)
+    for worker in processes:
+        worker.process.join(timeout=10)
+        assert not worker.process.is_alive()
+
+
+# --- what goes where ----------------------------------------------------------------------
+
+def test_requests_are_answered_in_order_with_their_own_errors(workers):
+    good, bad, other, junk = workers([
+        uploads(JPEG, 5), uploads(JPEG, 2) + uploads(b"broken", first=3), uploads(PNG, 3),
+        uploads(b"\x89PNG\r\n\x1a\n")])
+    assert_digits(good, 5)
+    assert_digits(other, 3)
+    assert isinstance(bad, UploadError) and bad.status_code == 415
+    assert bad.detail.startswith("file #3:")
+    assert isinstance(junk, UploadError) and junk.status_code == 400
 
 
 def test_the_workers_give_the_digits_the_server_process_gives(workers):
-    in_process = PreprocessWorkers(processes=0, max_pixels=4_000_000)
-    (here,) = in_process([uploads(1)])
-    (there,) = workers([uploads(BIG)])
-    assert (here[0] == there).all()
+    in_process = PreprocessWorkers(LIMITS, WorkerLimits(processes=0))
+    (here,) = in_process([uploads(JPEG)])
+    (there,) = workers([uploads(JPEG, 3)])
+    assert (there == here[0]).all()
 
 
-def test_only_batches_of_many_bytes_go_to_the_workers():
-    workers = PreprocessWorkers(processes=1, max_pixels=4_000_000, min_pool_bytes=len(GOOD) * 3)
+def test_only_non_simple_images_reach_the_workers(workers, monkeypatch):
+    sent = []
+    original = workers.pool.run
+    monkeypatch.setattr(workers.pool, "run", lambda tasks: sent.extend(tasks) or original(tasks))
+    (mixed,) = workers([uploads(PNG, 2) + uploads(JPEG, first=3) + uploads(PNG, first=4)])
+    assert_digits(mixed, 4)
+    assert [task.positions for task in sent] == [[2]]
+
+
+def test_a_request_over_the_pixel_budget_is_413_before_decoding():
+    workers = PreprocessWorkers(LIMITS, WorkerLimits(processes=0), max_request_pixels=100_000)
+    (answer,) = workers([uploads(PNG, 2)])  # 2 x 60,000 pixels
+    assert isinstance(answer, UploadError) and answer.status_code == 413
+    assert "file #2" in answer.detail and "DIGITS_MAX_REQUEST_PIXELS" in answer.detail
+
+
+# --- a worker dies, at every point --------------------------------------------------------
+
+def test_workers_killed_while_idle_are_replaced_before_the_next_batch(workers):
+    kill_idle_workers(workers)
+    (answer,) = workers([uploads(JPEG, 4)])
+    assert_digits(answer, 4)
+    assert workers.restarts == ["crashed", "crashed"]
+
+
+def test_a_worker_killed_after_its_task_was_sent_but_not_taken_is_retried(workers,
+                                                                          monkeypatch):
+    # Stopped workers can't take a task; killing each right after the send is a death
+    # "between submit and result" that the image had no part in.
+    for worker in workers.pool._workers:
+        os.kill(worker.process.pid, signal.SIGSTOP)
+    original_send = type(next(iter(workers.pool._workers))).send
+    killed = []
+
+    def send_then_kill(worker, blobs):
+        sent = original_send(worker, blobs)
+        if worker.process.pid not in killed and len(killed) < 2:
+            killed.append(worker.process.pid)
+            os.kill(worker.process.pid, signal.SIGKILL)
+        return sent
+
+    monkeypatch.setattr(type(next(iter(workers.pool._workers))), "send", send_then_kill)
+    (answer,) = workers([uploads(JPEG, 2)])
+    assert_digits(answer, 2)
+    assert len(killed) == 2 and workers.restarts == ["crashed", "crashed"]
+
+
+def test_a_crash_on_an_image_fails_its_request_alone(workers):
+    first, crashed, last = workers([uploads(JPEG, 3), uploads(JPEG) + uploads(CRASH, first=2),
+                                    uploads(JPEG, 2)])
+    assert_digits(first, 3)
+    assert_digits(last, 2)
+    assert isinstance(crashed, UploadError) and crashed.status_code == 400
+    assert crashed.detail.startswith("file #2:") and "crashed" in crashed.detail
+    assert workers.restarts == ["crashed"]
+
+
+def test_an_image_that_overruns_its_time_is_413_and_its_worker_replaced():
+    restarts = Restarts()
+    workers = PreprocessWorkers(LIMITS, WorkerLimits(processes=2, timeout_s=0.5),
+                                on_restart=restarts, work=scripted_work)
     workers.start()
     try:
-        sent = []
-        original_submit = workers._pool.submit
-        workers._pool.submit = lambda *args: sent.append(len(args[1])) or original_submit(*args)
-        workers([uploads(2)])
-        workers([uploads(2), uploads(1)])
-        assert sent == [3]
+        started = time.monotonic()
+        hung, fine = workers([uploads(HANG), uploads(JPEG, 2)])
+        assert time.monotonic() - started < 5
+        assert isinstance(hung, UploadError) and hung.status_code == 413
+        assert "took over 0.5 s" in hung.detail
+        assert_digits(fine, 2)
+        assert restarts == ["timeout"]
+        (again,) = workers([uploads(JPEG, 2)])
+        assert_digits(again, 2)
     finally:
         workers.close()
 
 
-def test_a_dead_worker_is_replaced_and_the_batch_still_answered(workers):
-    for process in list(workers._pool._processes.values()):
-        os.kill(process.pid, signal.SIGKILL)
-    (answer,) = workers([uploads(BIG)])
-    assert answer.shape == (BIG, 28, 28)
-    (again,) = workers([uploads(BIG)])  # the new pool works too
-    assert (again == answer).all()
+def test_deaths_at_every_point_across_consecutive_batches(workers):
+    # Crash during a batch, kill the replacements while idle, crash again during the next
+    # batch: every good request is answered every time, from the first batch to the last.
+    for _ in range(3):
+        crashed, good = workers([uploads(CRASH), uploads(JPEG, 3)])
+        assert isinstance(crashed, UploadError) and crashed.status_code == 400
+        assert_digits(good, 3)
+        kill_idle_workers(workers)
+        (after,) = workers([uploads(JPEG, 4)])
+        assert_digits(after, 4)
+    assert workers.restarts.count("crashed") == 3 + 3 * 2
+    assert len(workers.pool._workers) == 2
+
+
+def test_concurrent_batches_share_the_workers_through_crashes(workers):
+    # Each model has its own batch thread; all of them use the one pool.
+    failures = []
+
+    def batches(marked: bytes) -> None:
+        for _ in range(5):
+            bad, good = workers([uploads(marked), uploads(JPEG, 2)])
+            if not (isinstance(bad, UploadError) and isinstance(good, np.ndarray)):
+                failures.append((bad, good))
+
+    threads = [threading.Thread(target=batches, args=(CRASH,)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not failures
+    assert workers.restarts.count("crashed") == 15
+    assert len(workers.pool._workers) == 2
 
 
 def test_workers_stay_light(workers):
-    # A worker that imported TensorFlow would cost about 600 MB instead of about 35 MB.
-    check = "'tensorflow' in __import__('sys').modules"
-    assert workers._pool.submit(eval, check).result() is False
+    # A worker that imported TensorFlow would cost about 600 MB instead of about 40 MB.
+    for pid in workers.pool.pids:
+        modules = open(f"/proc/{pid}/maps").read()
+        assert "tensorflow" not in modules

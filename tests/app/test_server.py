@@ -46,13 +46,24 @@ def resident_mib(pid: int) -> float:
     return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
+def children(pid: int) -> list[int]:
+    return [int(child) for task in os.listdir(f"/proc/{pid}/task")
+            for child in open(f"/proc/{pid}/task/{task}/children").read().split()]
+
+
+def decoder_processes(server_pid: int) -> list[int]:
+    """The decoder workers: the children of the server's multiprocessing fork server."""
+    fork_servers = [pid for pid in children(server_pid)
+                    if b"forkserver" in open(f"/proc/{pid}/cmdline", "rb").read()]
+    assert len(fork_servers) == 1
+    return children(fork_servers[0])
+
+
 def test_preprocessing_workers_do_not_load_tensorflow(tiny_model_dir):
     server, _ = start_server(tiny_model_dir, preprocess_workers=2)
     try:
-        children = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(server.pid)],
-                                  capture_output=True, text=True).stdout.splitlines()
-        workers = [int(line.split()[0]) for line in children if "spawn_main" in line]
-        assert len(workers) == 2, children
+        workers = decoder_processes(server.pid)
+        assert len(workers) == 2
         assert resident_mib(server.pid) > 300  # the server itself holds TensorFlow
         assert all(resident_mib(pid) < 150 for pid in workers)
     finally:
