@@ -15,16 +15,17 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from app.batching import QueueFull
+from app.middleware import RefuseEncodedSlashes
 from app.observability import AccessLogMiddleware, Metrics
 from app.registry import ModelNotFound
 from app.routers import health, models, predict
 from app.settings import Settings
-from app.uploads import UploadError
+from app.uploads import ClientGone, UploadError
 from digit_contract import Style
 
 logger = logging.getLogger("digits")
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.add_middleware(RefuseEncodedSlashes)
     app.add_middleware(AccessLogMiddleware, metrics=metrics, log=settings.access_log)
     add_error_handlers(app)
     app.include_router(predict.router)
@@ -87,6 +89,13 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, error: UploadError) -> JSONResponse:
         return JSONResponse(status_code=error.status_code, content={"detail": error.detail})
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, error: ClientGone) -> Response:
+        # Nobody is left to read it; 499 (nginx's "client closed request") keeps it out of
+        # the 5xx counts and alerts.
+        logger.info("%s %s: %s", request.method, request.url.path, error)
+        return Response(status_code=499)
 
     @app.exception_handler(ModelNotFound)
     async def model_not_found(request: Request, error: ModelNotFound) -> JSONResponse:

@@ -108,7 +108,7 @@ class DecoderPool:
         for worker in workers:  # each acknowledges an empty task once it is up
             worker.conn.send([])
         for worker in workers:
-            if not worker.conn.poll(30) or worker.conn.recv() != _STARTED:  # noqa: SIM
+            if not worker.conn.poll(30) or worker.conn.recv() != _STARTED:
                 raise RuntimeError("a preprocessing worker did not start")
             self._idle.put(worker)
 

@@ -7,6 +7,26 @@ from pydantic import BaseModel, Field
 from digit_contract import Style
 
 
+class ErrorDetail(BaseModel):
+    detail: str = Field(description="What went wrong and how to fix it.")
+
+
+def error_responses(*statuses: int) -> dict[int, dict]:
+    """OpenAPI `responses` for the given error statuses, each with its meaning."""
+    return {status: {"model": ErrorDetail, "description": ERROR_MEANINGS[status]}
+            for status in statuses}
+
+
+ERROR_MEANINGS = {
+    400: "An image that can't be used (undecodable, truncated, blank, crashed its decoder), "
+         "bad base64, malformed multipart or JSON; says which image.",
+    404: "Unknown model style (the detail lists them), or no such path.",
+    413: "Body, image count, pixels, decoding memory or time over the configured limits.",
+    415: "Unsupported Content-Type, or an image format outside PNG, JPEG, WebP, GIF, BMP, TIFF.",
+    503: "The model can't serve (failed to load), or its queue is full (see Retry-After).",
+}
+
+
 class Prediction(BaseModel):
     digit: int = Field(ge=0, le=9, examples=[7])
     confidence: float = Field(description="Probability of `digit`.", examples=[0.998])

@@ -6,7 +6,6 @@ image (`image/*` or `application/octet-stream`), or JSON `{"images": ["<base64>"
 
 from __future__ import annotations
 
-import base64
 import binascii
 import dataclasses
 import functools
@@ -16,13 +15,35 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 from python_multipart.multipart import parse_options_header as _parse_options_header
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 SUPPORTED_TYPES = "multipart/form-data, image/*, application/octet-stream or application/json"
 
+# Bodies at least this large are parsed in a thread, off the event loop.
+PARSE_IN_THREAD_BYTES = 256 * 1024
+
+# A part's headers are a name, a file name and a type: nginx allows 8 KB per header line.
+MAX_PART_HEADER_BYTES = 8 * 1024
+
+# How many of a JSON body's validation problems an error lists.
+MAX_REPORTED_PROBLEMS = 5
 
 # A client sends the same Content-Type (and often the same part headers) every time, and
-# parsing one costs more than the rest of reading a small upload. Results are read-only.
-parse_options_header = functools.lru_cache(maxsize=1024)(_parse_options_header)
+# parsing one costs more than the rest of reading a small upload. Only short values are
+# cached, so the cache holds at most 256 x 256 bytes of what clients sent.
+_cached_options_header = functools.lru_cache(maxsize=256)(_parse_options_header)
+
+
+def parse_options_header(value: bytes | str) -> tuple[bytes, dict[bytes, bytes]]:
+    """A header's value and its options (results are shared: don't modify them)."""
+    if len(value) <= 256:
+        return _cached_options_header(value)
+    return _parse_options_header(value)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was read (logged as 499, not a 5xx)."""
 
 
 class UploadError(Exception):
@@ -52,11 +73,19 @@ async def read_uploads(request: Request, max_bytes: int, max_images: int) -> lis
     if not (media_type in ("multipart/form-data", "application/octet-stream", "application/json")
             or media_type.startswith("image/") or media_type.endswith("+json")):
         raise UploadError(415, f"Unsupported Content-Type '{media_type}'; send {SUPPORTED_TYPES}.")
+    boundary = options.get(b"boundary")
+    if media_type == "multipart/form-data" and not 0 < len(boundary or b"") <= 70:
+        raise UploadError(400, "multipart/form-data needs a boundary parameter of 1 to 70 "
+                               "characters.")
     body = await read_body(request, max_bytes)
+    if len(body) >= PARSE_IN_THREAD_BYTES:
+        return await run_in_threadpool(parse_body, body, media_type, boundary, max_images)
+    return parse_body(body, media_type, boundary, max_images)
+
+
+def parse_body(body: bytes, media_type: str, boundary: bytes | None,
+               max_images: int) -> list[Upload]:
     if media_type == "multipart/form-data":
-        boundary = options.get(b"boundary")
-        if not boundary:
-            raise UploadError(400, "multipart/form-data without a boundary parameter.")
         uploads = parse_multipart(body, boundary, max_images)
     elif media_type.endswith("json"):
         uploads = parse_base64_json(body, max_images)
@@ -73,11 +102,14 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise UploadError(413, _too_large(int(declared), max_bytes))
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise UploadError(413, _too_large(size, max_bytes, at_least=True))
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise UploadError(413, _too_large(size, max_bytes, at_least=True))
+            chunks.append(chunk)
+    except ClientDisconnect as error:
+        raise ClientGone(f"the client went away after {size:,} bytes") from error
     return b"".join(chunks)
 
 
@@ -98,7 +130,13 @@ def parse_multipart(body: bytes, boundary: bytes, max_images: int) -> list[Uploa
     on the boundary: a few C-level byte operations instead of a streaming parser's
     callback per header and chunk, which matters for many small images.
     """
-    sections = body.split(b"--" + boundary)
+    delimiter = b"--" + boundary
+    # Each part is a few objects: count them before splitting, so that a body of nothing
+    # but delimiters can't become millions of them.
+    if body.count(delimiter) > 2 * max_images + 16:
+        raise UploadError(413, f"The multipart body has over {2 * max_images + 16} parts; "
+                               f"send at most {max_images} images (DIGITS_MAX_IMAGES_PER_REQUEST).")
+    sections = body.split(delimiter)
     # sections[0] is the preamble; the last must be the closing "--" (and an epilogue).
     if len(sections) < 2 or not sections[-1].startswith(b"--"):
         raise UploadError(400, "Malformed multipart body: no closing boundary (truncated?).")
@@ -106,9 +144,11 @@ def parse_multipart(body: bytes, boundary: bytes, max_images: int) -> list[Uploa
     for section in sections[1:-1]:
         if not (section.startswith(b"\r\n") and section.endswith(b"\r\n")):
             raise UploadError(400, "Malformed multipart body: a part is not framed by CRLF.")
-        head, separator, content = section[2:-2].partition(b"\r\n\r\n")
-        if not separator:
-            raise UploadError(400, "Malformed multipart body: a part has no header end.")
+        header_end = section.find(b"\r\n\r\n", 2, MAX_PART_HEADER_BYTES)
+        if header_end < 0:
+            raise UploadError(400, "Malformed multipart body: a part has no header end within "
+                                   f"{MAX_PART_HEADER_BYTES:,} bytes.")
+        head, content = section[2:header_end], section[header_end + 4: -2]
         name, filename = _disposition(head)
         if name != b"file":
             continue
@@ -116,7 +156,7 @@ def parse_multipart(body: bytes, boundary: bytes, max_images: int) -> list[Uploa
             raise _too_many(max_images)
         label = f"file #{len(uploads) + 1}"
         if filename:
-            label += f" ('{filename.decode('utf-8', 'replace')}')"
+            label += f" ('{filename[:100].decode('utf-8', 'replace')}')"
         uploads.append(Upload(label, content))
     return uploads
 
@@ -131,17 +171,33 @@ def _disposition(head: bytes) -> tuple[bytes | None, bytes | None]:
     return None, None
 
 
+# A valid body is {"images": ["<base64>", ...]}: two brackets, and a comma between images
+# (and one in each data: URL). Base64 holds neither brackets nor commas, so counting them
+# bounds what json.loads would build before it builds anything: a few MB of "[{},{},...]"
+# would otherwise become millions of Python objects.
+MAX_JSON_BRACKETS = 16
+
+
 def parse_base64_json(body: bytes, max_images: int) -> list[Upload]:
-    try:
-        payload = Base64Images.model_validate(json.loads(body))
-    except json.JSONDecodeError as error:
-        raise UploadError(400, f"Body is not valid JSON: {error}") from error
-    except ValidationError as error:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_url=False)]
-        ) from error
-    if len(payload.images) > max_images:
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_BRACKETS:
+        raise UploadError(400, 'The JSON body nests too many arrays or objects; send '
+                               '{"images": ["<base64>", ...]}.')
+    if body.count(b",") > 2 * max_images + 16:
         raise _too_many(max_images)
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as error:  # bad JSON, bad UTF-8, huge numbers
+        raise UploadError(400, f"Body is not valid JSON: {str(error)[:200]}") from error
+    images = document.get("images") if isinstance(document, dict) else None
+    if isinstance(images, list) and len(images) > max_images:
+        raise _too_many(max_images)
+    try:
+        payload = Base64Images.model_validate(document)
+    except ValidationError as error:
+        problems = error.errors(include_url=False, include_input=False)
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in problems[:MAX_REPORTED_PROBLEMS]]
+        ) from error
     return [Upload(f"images[{i}]", _decode_base64(text, f"images[{i}]"))
             for i, text in enumerate(payload.images)]
 
@@ -152,7 +208,14 @@ def _decode_base64(text: str, label: str) -> bytes:
         if not header.endswith(";base64"):
             raise UploadError(400, f"{label}: a data: URL must be base64 "
                                    "(data:image/png;base64,...).")
+    text = "".join(text.split())
+    data = text.rstrip("=")
+    padding = len(text) - len(data)
+    # Whole 4-character groups, padded only as far as the last group needs.
+    if len(text) % 4 or (padding and (padding > 2 or len(data) % 4 != 4 - padding)):
+        raise UploadError(400, f"{label} is not valid base64: {len(data)} characters with "
+                               f"{padding} '=' of padding.")
     try:
-        return base64.b64decode("".join(text.split()), validate=True)
+        return binascii.a2b_base64(text, strict_mode=True)  # no characters outside base64
     except (binascii.Error, ValueError) as error:
         raise UploadError(400, f"{label} is not valid base64: {error}") from error

@@ -9,7 +9,7 @@ from fastapi.responses import PlainTextResponse
 
 from app.dependencies import ServiceDep
 from app.registry import ModelRegistry
-from app.schemas import ModelInfo, ModelList, ModelSummary
+from app.schemas import ModelInfo, ModelList, ModelSummary, error_responses
 from digit_contract import Style
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -21,14 +21,15 @@ async def list_models(service: ServiceDep) -> ModelList:
     return ModelList(models=[describe(service.registry, style) for style in Style])
 
 
-@router.get("/{style}")
+@router.get("/{style}", responses=error_responses(404))
 async def get_model(style: Style, service: ServiceDep) -> ModelInfo:
     """One style's version, device, status and metrics."""
     return describe(service.registry, style)
 
 
 @router.get("/{style}/summary", response_model=ModelSummary,
-            responses={200: {"content": {"text/plain": {}}}})
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+                       **error_responses(404, 503)})
 async def get_summary(style: Style, service: ServiceDep,
                       format: Literal["json", "text"] = "json"):
     """The Keras summary of the served model, as JSON or (?format=text) Keras' own table."""

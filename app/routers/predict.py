@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request, Response
 
-from app.schemas import PredictResponse
+from app.schemas import PredictResponse, error_responses
 from app.uploads import read_uploads
 from digit_contract import Style
 
@@ -16,17 +16,21 @@ REQUEST_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "multipart/form-data": {"schema": {"type": "object", "properties": {
-                "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+            "multipart/form-data": {"schema": {
+                "type": "object", "required": ["file"],
+                "properties": {"file": {"type": "array", "minItems": 1,
+                                        "items": {"type": "string", "format": "binary"}}}}},
             "image/*": {"schema": {"type": "string", "format": "binary"}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             "application/json": {"schema": {
                 "type": "object", "required": ["images"],
-                "properties": {"images": {"type": "array",
+                "properties": {"images": {"type": "array", "minItems": 1,
                                           "items": {"type": "string", "format": "byte"}}}}},
         },
     }
 }
+
+PREDICT_ERRORS = error_responses(400, 404, 413, 415, 503)
 
 DebugQuery = Query(False, description="Add the 28x28 image each model saw (base64 PNG).")
 
@@ -35,7 +39,8 @@ DebugQuery = Query(False, description="Add the 28x28 image each model saw (base6
 # rather than through `Depends`: resolving dependencies was a quarter of the event loop's
 # time per single-image request. The other routes use the dependencies in app.dependencies.
 
-@router.post("/predict", openapi_extra=REQUEST_BODY, response_model=PredictResponse)
+@router.post("/predict", openapi_extra=REQUEST_BODY, response_model=PredictResponse,
+             responses=PREDICT_ERRORS)
 async def predict(request: Request, model: Style | None = None,
                   debug: bool = DebugQuery) -> Response:
     """Classify one or more digit images with the default (or ?model=) style."""
@@ -43,7 +48,7 @@ async def predict(request: Request, model: Style | None = None,
 
 
 @router.post("/models/{style}/predict", openapi_extra=REQUEST_BODY,
-             response_model=PredictResponse)
+             response_model=PredictResponse, responses=PREDICT_ERRORS)
 async def predict_with(request: Request, style: Style, debug: bool = DebugQuery) -> Response:
     """Classify one or more digit images with the given style."""
     return await _predict(request, style, debug)

@@ -1,0 +1,177 @@
+"""Every hostile input, sent to a real `python -m app`: each gets its 4xx (or a closed
+connection) within 2 s, grows no process by 150 MB, and a valid request sent meanwhile is
+answered 200 within 1 s."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.hostile.inputs import Hostile, cases, digit_png, multipart
+from tests.servers import decoder_processes, resident_mib, start_server, status_mib
+
+SECONDS = 2.0
+NEIGHBOUR_SECONDS = 1.0
+GROWTH_MIB = 150
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir):
+    process, base = start_server(tiny_model_dir, preprocess_workers=2)
+    yield process, base
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def send_raw(base: str, data: bytes, timeout: float = 10) -> int | None:
+    """Send one request's exact bytes; its status, or None if the server closed on it."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before the whole body was read; the answer may still be there
+        response = http.client.HTTPResponse(sock)
+        try:
+            response.begin()
+            response.read()
+        except (http.client.HTTPException, ConnectionError, TimeoutError):
+            return None
+        return response.status
+
+
+class Peaks:
+    """Peak resident memory of the server and its decoder workers during a request."""
+
+    def __init__(self, server_pid: int):
+        self.pids = [server_pid, *decoder_processes(server_pid)]
+        self.before = {}
+        for pid in self.pids:
+            with open(f"/proc/{pid}/clear_refs", "w") as clear:
+                clear.write("5")  # reset VmHWM to the current RSS
+            self.before[pid] = resident_mib(pid)
+
+    def growth(self) -> dict[int, float]:
+        """MiB each process grew at its peak (replaced workers are gone: not counted)."""
+        grown = {}
+        for pid, before in self.before.items():
+            try:
+                grown[pid] = status_mib(pid, "VmHWM") - before
+            except FileNotFoundError:
+                continue
+        return grown
+
+
+def neighbour(base: str, answers: list) -> None:
+    started = time.monotonic()
+    response = httpx.post(f"{base}/predict", content=digit_png(),
+                          headers={"content-type": "image/png"}, timeout=10)
+    answers.append((response.status_code, time.monotonic() - started))
+
+
+def attack(server, hostile: Hostile) -> dict:
+    process, base = server
+    peaks = Peaks(process.pid)
+    neighbours: list = []
+    helper = threading.Thread(target=lambda: (time.sleep(0.02), neighbour(base, neighbours)))
+    helper.start()
+    started = time.monotonic()
+    status = send_raw(base, hostile.request("127.0.0.1"))
+    elapsed = time.monotonic() - started
+    helper.join(timeout=30)
+    return {"status": status, "seconds": elapsed, "growth": peaks.growth(),
+            "neighbour": neighbours[0] if neighbours else None}
+
+
+@pytest.mark.parametrize("hostile", cases(), ids=lambda hostile: hostile.name)
+def test_a_hostile_request_is_refused_cheaply_and_alone(server, hostile):
+    result = attack(server, hostile)
+    assert result["status"] in hostile.expect or result["status"] is None, result
+    assert result["seconds"] < SECONDS, result
+    assert max(result["growth"].values()) < GROWTH_MIB, result
+    assert result["neighbour"] is not None, result
+    status, seconds = result["neighbour"]
+    assert status == 200 and seconds < NEIGHBOUR_SECONDS, result
+
+
+def test_filenames_of_megabytes_leave_no_memory_behind(server):
+    process, base = server
+    before = resident_mib(process.pid)
+    for i in range(12):
+        body = multipart([((str(i) * 9_000_000)[:9_000_000] + ".png", digit_png())])
+        response = httpx.post(f"{base}/predict", content=body, timeout=10, headers={
+            "content-type": "multipart/form-data; boundary=hostileboundary"})
+        assert response.status_code == 400 and len(response.content) < 1000
+    assert resident_mib(process.pid) - before < 50
+
+
+def metric(base: str, route: str, status: str) -> float:
+    prefix = f'digits_http_requests_total{{method="POST",route="{route}",status="{status}"}} '
+    lines = [line for line in httpx.get(f"{base}/metrics").text.splitlines()
+             if line.startswith(prefix)]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def test_a_client_that_leaves_mid_upload_is_a_499_not_a_500(server):
+    _, base = server
+    host, port = base.removeprefix("http://").split(":")
+    before = metric(base, "/predict", "499")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: 100000\r\n\r\n" + b"\0" * 1000)
+    deadline = time.monotonic() + 10
+    while metric(base, "/predict", "499") == before:
+        assert time.monotonic() < deadline, "the disconnect was never counted"
+        time.sleep(0.05)
+    assert metric(base, "/predict", "500") == 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_worker_killed_mid_image_costs_the_server_nothing(server):
+    # A photo-sized image keeps a worker busy for a while; kill whichever worker is seen
+    # working on it. Its request is answered 400; the image is never decoded again here.
+    from PIL import Image
+
+    from tests.hostile.inputs import encode
+
+    process, base = server
+    noise = Image.effect_noise((2500, 2500), 80).convert("RGB")
+    photo = encode(noise, "PNG", compress_level=1)
+    assert len(photo) < 10_000_000
+    workers = decoder_processes(process.pid)
+    busy_before = {pid: cpu_seconds(pid) for pid in workers}
+    server_before = cpu_seconds(process.pid)
+    answers: list = []
+    request = threading.Thread(target=lambda: answers.append(httpx.post(
+        f"{base}/predict", content=photo, headers={"content-type": "image/png"}, timeout=30)))
+    request.start()
+    killed = None
+    deadline = time.monotonic() + 10
+    while killed is None and time.monotonic() < deadline:
+        for pid in workers:
+            if cpu_seconds(pid) - busy_before[pid] > 0.03:
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+                break
+        time.sleep(0.002)
+    request.join(timeout=30)
+    assert killed is not None, "no worker was seen decoding the image"
+    assert answers and answers[0].status_code == 400, answers
+    assert "crashed" in answers[0].json()["detail"]
+    # The server parsed and routed the request; decoding it would have taken seconds.
+    assert cpu_seconds(process.pid) - server_before < 0.5
+    neighbours: list = []
+    neighbour(base, neighbours)
+    assert neighbours[0][0] == 200
+    assert len(decoder_processes(process.pid)) == 2
