@@ -22,6 +22,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter("digits_http_requests_total", "HTTP requests.",
                                 ["method", "route", "status"], registry=self.registry)
+        self.in_flight = Gauge("digits_http_requests_in_flight",
+                               "HTTP requests being served right now.", registry=self.registry)
         self.latency = Histogram("digits_http_request_duration_seconds", "HTTP request latency.",
                                  ["method", "route", "status"], buckets=LATENCY_BUCKETS,
                                  registry=self.registry)
@@ -78,9 +80,11 @@ class AccessLogMiddleware:
                 status = message["status"]
             await send(message)
 
+        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_and_record)
         finally:
+            self.metrics.in_flight.dec()
             self._record(scope, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
