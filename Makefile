@@ -8,7 +8,7 @@ DATA ?= ../shared/data/mnist-train.npz
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv serve test test-slow lint train bench figures deploy-check docker-smoke clean
+.PHONY: venv serve test test-slow lint train bench soak figures deploy-check docker-smoke clean
 
 $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import sys" 2>/dev/null || (rm -rf $(VENV) && $(PYTHON) -m venv $(VENV))
@@ -35,6 +35,10 @@ train: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+# A minute of load in which 5% of requests are hostile (bench/soak.py).
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
 
 figures: $(STAMP)
 	$(BIN)/python -m scripts.preprocessing_figure --data $(DATA)

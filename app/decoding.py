@@ -112,6 +112,9 @@ def inspect(data: bytes, limits: DecodeLimits) -> ImageHeader:
         raise
     except (struct.error, IndexError, ValueError) as error:
         raise ImageError("The image is corrupt or truncated: its header ends early.") from error
+    except Exception as error:  # noqa: BLE001 - a header nobody anticipated is still a 400
+        raise DecoderFailure(f"The image header could not be read ({type(error).__name__}).") \
+            from error
     _check_limits(header, limits)
     return header
 

@@ -348,7 +348,7 @@ class PreprocessWorkers:
     def _route(self, r: int, uploads: list[Upload], answers: list, here: list,
                elsewhere: list[_Task]) -> None:
         """Inspect one request's images; queue them here or for the workers, or fail it."""
-        pooled, pixels = [], 0
+        local, pooled, pixels = [], [], 0
         for i, upload in enumerate(uploads):
             try:
                 header = inspect(upload.data, self.decode_limits)
@@ -362,9 +362,10 @@ class PreprocessWorkers:
                     "(DIGITS_MAX_REQUEST_PIXELS); send fewer or smaller images per request.")
                 return
             if header.simple or self.pool is None:
-                here.append((r, i))
+                local.append((r, i))
             else:
                 pooled.append(i)
+        here.extend(local)
         if not pooled:
             return
         # A request's images are split over the workers, never mixed with another's.

@@ -1,0 +1,185 @@
+"""`make soak`: a minute of load in which one request in twenty is hostile.
+
+Two runs against the same `python -m app` (as `make bench` serves it, a process per core):
+a clean one, then one where each request is drawn from `tests/hostile/inputs.py` with
+probability 5%. Valid requests are single held-out MNIST digits as multipart PNGs. The
+load comes from 64 keep-alive connections of a small asyncio HTTP/1.1 client (a closed
+loop: each connection sends its next request when the last is answered).
+
+    python -m bench.soak [--seconds 60] [--clients 64] [--hostile 0.05] [--out bench/results]
+
+Targets: valid requests' p99 within 2x the clean run's, no valid request failed, and the
+service's memory (all its processes) at the end within 10% of what it was at the start of
+the hostile run. Writes bench/results/soak-<date>.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.run import REPO, WORKERS, multipart, png, rss_mb, sample_digits, server
+from tests.hostile.inputs import cases
+
+HOST = "127.0.0.1"
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """(status, whether the connection stays open) of one response; its body is dropped."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":")
+                                                            for line in lines[1:] if line)}
+    await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers.get("connection", "").lower() != "close"
+
+
+async def connection(port: int, pick, deadline: float, records: list) -> None:
+    """One client: send, wait for the answer, record (kind, status, seconds), repeat."""
+    reader = writer = None
+    while time.perf_counter() < deadline:
+        if writer is None:
+            reader, writer = await asyncio.open_connection(HOST, port)
+        kind, request = pick()
+        started = time.perf_counter()
+        try:
+            writer.write(request)
+            await writer.drain()
+            status, keep_open = await asyncio.wait_for(read_response(reader), 30)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            status, keep_open = None, False  # a closed connection: fine for hostile ones
+        records.append((kind, status, time.perf_counter() - started))
+        if not keep_open:
+            writer.close()
+            writer = None
+    if writer is not None:
+        writer.close()
+
+
+def load(port: int, seconds: float, clients: int, hostile_share: float,
+         valid: list[bytes], hostile: list[tuple[str, bytes]], seed: int) -> list:
+    rng = random.Random(seed)
+
+    def pick() -> tuple[str, bytes]:
+        if hostile and rng.random() < hostile_share:
+            return rng.choice(hostile)
+        return "valid", rng.choice(valid)
+
+    async def run() -> list:
+        records: list = []
+        deadline = time.perf_counter() + seconds
+        await asyncio.gather(*(connection(port, pick, deadline, records)
+                               for _ in range(clients)))
+        return records
+
+    return asyncio.run(run())
+
+
+def summarise(records: list, seconds: float) -> dict:
+    valid = np.array([s for kind, _, s in records if kind == "valid"]) * 1000
+    valid_failed = sum(1 for kind, status, _ in records if kind == "valid" and status != 200)
+    hostile = [(kind, status, s) for kind, status, s in records if kind != "valid"]
+    by_status: dict[str, int] = {}
+    for _, status, _ in hostile:
+        by_status[str(status)] = by_status.get(str(status), 0) + 1
+    return {
+        "valid_requests": len(valid), "valid_failed": valid_failed,
+        "valid_per_s": len(valid) / seconds,
+        "valid_p50_ms": float(np.percentile(valid, 50)),
+        "valid_p99_ms": float(np.percentile(valid, 99)),
+        "hostile_requests": len(hostile), "hostile_statuses": by_status,
+        "hostile_5xx": sum(n for status, n in by_status.items() if status.startswith("5")),
+        "hostile_max_s": max((s for _, _, s in hostile), default=0.0),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--hostile", type=float, default=0.05)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args()
+
+    host = f"{HOST}:0"
+    valid = [multipart([png(digit)]) for digit in sample_digits(256)]
+    valid = [b"POST /predict HTTP/1.1\r\nHost: " + host.encode()
+             + b"\r\nContent-Type: multipart/form-data; boundary=digit-bench-boundary\r\n"
+             + f"Content-Length: {len(body)}\r\n\r\n".encode() + body for body in valid]
+    print("generating the hostile requests…", flush=True)
+    hostile = [(case.name, case.request(host)) for case in cases()]
+    result: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                    "seconds": args.seconds, "clients": args.clients,
+                    "hostile_share": args.hostile, "server_processes": WORKERS}
+    with server([sys.executable, "-m", "app", "--port", "{port}", "--workers", str(WORKERS)],
+                "/readyz", env={"DIGITS_LOG_LEVEL": "error", "DIGITS_ACCESS_LOG": "false"},
+                processes=WORKERS) as (base, process, _):
+        port = int(base.rsplit(":", 1)[1])
+        load(port, 5, args.clients, 0, valid, [], seed=0)  # warm up
+        print("clean run…", flush=True)
+        result["clean"] = summarise(load(port, args.seconds, args.clients, 0, valid, [], 1),
+                                    args.seconds)
+        result["rss_mb_start"] = rss_mb(process.pid)
+        print("hostile run…", flush=True)
+        result["hostile"] = summarise(load(port, args.seconds, args.clients, args.hostile,
+                                           valid, hostile, 2), args.seconds)
+        time.sleep(2)  # let the last replaced decoder start
+        result["rss_mb_end"] = rss_mb(process.pid)
+    result["targets"] = targets(result)
+    write(result, args.out)
+
+
+def targets(r: dict) -> list[dict]:
+    rows = [
+        ("valid p99, hostile run / clean run", r["hostile"]["valid_p99_ms"]
+         / r["clean"]["valid_p99_ms"], 2.0),
+        ("valid requests failed", r["hostile"]["valid_failed"] + r["clean"]["valid_failed"], 0),
+        ("memory at the end / at the start", r["rss_mb_end"] / r["rss_mb_start"], 1.10),
+        ("hostile requests answered 5xx", r["hostile"]["hostile_5xx"], 0),
+    ]
+    return [{"target": name, "measured": value, "goal": goal, "met": value <= goal}
+            for name, value, goal in rows]
+
+
+def write(r: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"soak-{r['date'][:10]}"
+    stem.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
+    clean, hostile = r["clean"], r["hostile"]
+    lines = [
+        f"# Soak {r['date']}", "",
+        f"{r['seconds']:.0f} s per run at {r['clients']} keep-alive connections against "
+        f"`python -m app --workers {r['server_processes']}`; in the hostile run each request "
+        f"is one of the {len(cases())} hostile inputs of `tests/hostile/inputs.py` with "
+        f"probability {r['hostile_share']:.0%}. Reproduce: `make soak`.", "",
+        "| run | valid req/s | valid p50 ms | valid p99 ms | valid failed | hostile sent | "
+        "hostile answers | slowest hostile s |",
+        "|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for name, m in (("clean", clean), ("5% hostile", hostile)):
+        statuses = ", ".join(f"{s}: {n}" for s, n in sorted(m["hostile_statuses"].items()))
+        lines.append(f"| {name} | {m['valid_per_s']:,.0f} | {m['valid_p50_ms']:.2f} | "
+                     f"{m['valid_p99_ms']:.2f} | {m['valid_failed']} | {m['hostile_requests']} | "
+                     f"{statuses or '-'} | {m['hostile_max_s']:.2f} |")
+    lines += ["", f"Memory of the service's processes: {r['rss_mb_start']:.0f} MiB at the start "
+              f"of the hostile run, {r['rss_mb_end']:.0f} MiB at its end.", "",
+              "| target | measured | goal | met |", "|---|---:|---:|:---:|"]
+    for t in r["targets"]:
+        lines.append(f"| {t['target']} | {t['measured']:.2f} | at most {t['goal']} | "
+                     f"{'yes' if t['met'] else 'NO'} |")
+    text = "\n".join(lines) + "\n"
+    stem.with_suffix(".md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
