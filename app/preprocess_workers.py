@@ -139,12 +139,12 @@ class DecoderPool:
                     if worker.send(task.blobs):
                         running[worker] = _Running(task, time.monotonic() + self.limits.timeout_s)
                     else:  # found dead before it took the task: nothing to blame
-                        self._replace(worker, "crashed")
+                        self._replace(worker, "crashed", "while idle")
                         waiting.appendleft(task)
                 self._collect(running, waiting, by_task)
         finally:
             for worker in running:  # only if this thread itself was interrupted
-                self._replace(worker, "crashed")
+                self._replace(worker, "crashed", "abandoned by its batch")
         return results
 
     def _collect(self, running: dict[_Worker, _Running], waiting: collections.deque,
@@ -159,15 +159,15 @@ class DecoderPool:
                 message = conn.recv()
             except (EOFError, OSError):
                 del running[worker]
-                self._replace(worker, "crashed")
                 if not state.started and not state.task.retried:
                     # It died before taking the task (killed while idle, say): the task
                     # itself is not to blame, so a fresh worker gets it once more.
+                    self._replace(worker, "crashed", "before taking its task")
                     state.task.retried = True
                     waiting.appendleft(state.task)
                 else:
-                    self._fail(state, by_task, ImageError(
-                        "The decoder crashed on this image; it is corrupt or malicious."))
+                    self._replace(worker, "crashed", self._fail(state, by_task, ImageError(
+                        "The decoder crashed on this image; it is corrupt or malicious.")))
                 continue
             state.deadline = time.monotonic() + self.limits.timeout_s
             if isinstance(message, str):  # _STARTED
@@ -183,24 +183,23 @@ class DecoderPool:
             if state.deadline > now:
                 continue
             del running[worker]
-            self._replace(worker, "timeout")
             if not state.started and not state.task.retried:  # it never took the task
+                self._replace(worker, "timeout", "before taking its task")
                 state.task.retried = True
                 waiting.appendleft(state.task)
             else:
-                self._fail(state, by_task, ImageTooLarge(
-                    f"The image took over {self.limits.timeout_s:g} s to decode."))
+                self._replace(worker, "timeout", self._fail(state, by_task, ImageTooLarge(
+                    f"The image took over {self.limits.timeout_s:g} s to decode.")))
 
-    def _fail(self, state: _Running, by_task: dict[int, list], error: ImageError) -> None:
+    def _fail(self, state: _Running, by_task: dict[int, list], error: ImageError) -> str:
         """The image a worker was on gets `error`; the rest of its task go undecoded (the
-        request fails on its first error anyway, which is this one)."""
+        request fails on its first error anyway, which is this one). Says which image."""
         task, answers = state.task, by_task[id(state.task)]
-        logger.warning("preprocessing worker failed on image %d of a request (%s), sha256 %s",
-                       task.positions[state.done] + 1, error,
-                       hashlib.sha256(task.blobs[state.done]).hexdigest())
         answers[state.done] = error
         for i in range(state.done + 1, len(answers)):
             answers[i] = ImageError("Not decoded: an earlier image of the request failed.")
+        return (f"on image #{task.positions[state.done] + 1} of a request, sha256 "
+                f"{hashlib.sha256(task.blobs[state.done]).hexdigest()}")
 
     def _checkout(self, block: bool) -> _Worker | None:
         try:
@@ -208,7 +207,10 @@ class DecoderPool:
         except queue.Empty:
             return None
 
-    def _replace(self, worker: _Worker, reason: str) -> None:
+    def _replace(self, worker: _Worker, reason: str, detail: str) -> None:
+        """Kill a worker and start another; one log line and one count per replacement."""
+        logger.warning("decoder process %d %s %s; starting another", worker.process.pid,
+                       "crashed" if reason == "crashed" else "ran out of time", detail)
         worker.kill()
         with self._lock:
             self._workers.discard(worker)

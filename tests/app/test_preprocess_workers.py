@@ -137,7 +137,7 @@ def test_a_worker_killed_after_its_task_was_sent_but_not_taken_is_retried(worker
     assert len(killed) == 2 and workers.restarts == ["crashed", "crashed"]
 
 
-def test_a_crash_on_an_image_fails_its_request_alone(workers):
+def test_a_crash_on_an_image_fails_its_request_alone(workers, caplog):
     first, crashed, last = workers([uploads(JPEG, 3), uploads(JPEG) + uploads(CRASH, first=2),
                                     uploads(JPEG, 2)])
     assert_digits(first, 3)
@@ -145,6 +145,8 @@ def test_a_crash_on_an_image_fails_its_request_alone(workers):
     assert isinstance(crashed, UploadError) and crashed.status_code == 400
     assert crashed.detail.startswith("file #2:") and "crashed" in crashed.detail
     assert workers.restarts == ["crashed"]
+    [logged] = [r for r in caplog.records if r.name == "digits.preprocess"]
+    assert "image #2" in logged.getMessage() and "sha256" in logged.getMessage()
 
 
 def test_an_image_that_overruns_its_time_is_413_and_its_worker_replaced():

@@ -90,6 +90,7 @@ def test_a_worker_killed_mid_image_costs_the_server_nothing(server):
     photo = encode(noise, "PNG", compress_level=1)
     assert len(photo) < 10_000_000
     workers = decoder_processes(process.pid)
+    restarts_before = restarts(base)
     busy_before = {pid: cpu_seconds(pid) for pid in workers}
     server_before = cpu_seconds(process.pid)
     answers: list = []
@@ -115,3 +116,11 @@ def test_a_worker_killed_mid_image_costs_the_server_nothing(server):
     neighbour(base, neighbours)
     assert neighbours[0][0] == 200
     assert len(decoder_processes(process.pid)) == 2
+    assert restarts(base) == restarts_before + 1
+
+
+def restarts(base: str) -> float:
+    prefix = 'digits_decoder_restarts_total{reason="crashed"} '
+    lines = [line for line in httpx.get(f"{base}/metrics").text.splitlines()
+             if line.startswith(prefix)]
+    return float(lines[0].split()[-1]) if lines else 0.0
