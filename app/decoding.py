@@ -136,9 +136,20 @@ def _corrupt(what: str) -> ImageError:
     return ImageError(f"The image is corrupt or truncated: {what}.")
 
 
-# Pillow holds RGB pixels in 4 bytes, grey ones in 1 (measured, with the other factors
-# below, as the peak RSS growth of decoding large images).
-_BYTES_PER_PIXEL = 4
+# Peak memory per pixel of decoding and shrinking (measured as the peak RSS growth on
+# 24-megapixel images): Pillow holds grey and palette pixels in 1 byte, 16-bit grey in 2,
+# everything else in 4; `shrink` then works in bands, so 1 byte more covers the rest.
+_GREY_BYTES = 2
+_GREY16_BYTES = 3
+_COLOUR_BYTES = 5
+
+# Compressed text and ICC chunks: Pillow inflates each (to at most 1 MB, 64 MB in all).
+_PNG_COMPRESSED_CHUNKS = (b"zTXt", b"iTXt", b"iCCP")
+MAX_PNG_COMPRESSED_CHUNKS = 16
+# A PNG decoded in the server process: a handful of chunks, nothing compressed but its
+# pixels, at most this many bytes.
+SIMPLE_PNG_CHUNKS = 64
+SIMPLE_PNG_BYTES = 4 * 2**20
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -148,10 +159,21 @@ _PNG_SPECIAL_CHUNKS = {b"tRNS", b"eXIf", b"iTXt", b"acTL"}
 _PNG_COLOUR_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 
 
-def _png_header(data: bytes) -> ImageHeader:
+def is_simple_png(data: bytes) -> bool:
+    """Whether `inspect` would call this a simple PNG, at a bounded cost (a few dozen
+    chunks read at most): cheap enough to ask on the event loop."""
+    if not data.startswith(PNG_SIGNATURE) or len(data) > SIMPLE_PNG_BYTES:
+        return False
+    try:
+        return _png_header(data, max_chunks=SIMPLE_PNG_CHUNKS).simple
+    except (ImageError, struct.error):
+        return False
+
+
+def _png_header(data: bytes, max_chunks: int = MAX_PNG_CHUNKS) -> ImageHeader:
     """Walk every chunk: each must fit in the bytes present (a length field that claims
     gigabytes is how a 67-byte file once made OpenCV allocate 3 GB)."""
-    position, chunks, kinds = 8, 0, set()
+    position, chunks, compressed, kinds = 8, 0, 0, set()
     width = height = bit_depth = colour_type = None
     while position < len(data):
         if position + 12 > len(data):
@@ -165,9 +187,14 @@ def _png_header(data: bytes) -> ImageHeader:
             width, height, bit_depth, colour_type = struct.unpack(
                 ">IIBB", data[position + 8: position + 18])
         chunks += 1
-        if chunks > MAX_PNG_CHUNKS:
-            raise ImageError(f"The PNG has over {MAX_PNG_CHUNKS:,} chunks.")
+        if chunks > max_chunks:
+            raise ImageError(f"The PNG has over {max_chunks:,} chunks.")
         kinds.add(kind)
+        if kind in _PNG_COMPRESSED_CHUNKS:
+            compressed += 1
+            if compressed > MAX_PNG_COMPRESSED_CHUNKS:
+                raise ImageError(f"The PNG has over {MAX_PNG_COMPRESSED_CHUNKS} compressed "
+                                 "text or profile chunks.")
         position += length + 12
         if kind == b"IEND":
             break
@@ -178,10 +205,11 @@ def _png_header(data: bytes) -> ImageHeader:
                          f"{bit_depth}.")
     if b"IDAT" not in kinds:
         raise _corrupt("the PNG has no image data")
-    grey = colour_type == 0 or (colour_type == 3 and b"tRNS" not in kinds)
-    per_pixel = 1 if grey and bit_depth <= 8 else 2 if grey else _BYTES_PER_PIXEL
-    small = max(width, height) <= WORKING_SIZE
-    plain = small and b"acTL" not in kinds and bit_depth <= 8
+    per_pixel = (_GREY16_BYTES if colour_type == 0 and bit_depth == 16
+                 else _GREY_BYTES if colour_type in (0, 3) else _COLOUR_BYTES)
+    plain = (max(width, height) <= WORKING_SIZE and bit_depth <= 8 and compressed == 0
+             and chunks <= SIMPLE_PNG_CHUNKS and len(data) <= SIMPLE_PNG_BYTES
+             and b"acTL" not in kinds)
     return ImageHeader(
         "PNG", width, height, decode_bytes=width * height * per_pixel, simple=plain,
         fast_png=(plain and bit_depth == 8 and colour_type in (0, 2)
@@ -213,8 +241,10 @@ def _jpeg_header(data: bytes) -> ImageHeader:
     marker, start = frame
     height, width, components = struct.unpack(">HHB", data[start + 1: start + 6])
     sampling = [data[start + 7 + 3 * i] for i in range(components)]
-    if components not in (1, 3, 4) or not all(sampling):
-        raise ImageError(f"The JPEG has an unsupported frame ({components} components).")
+    if components not in (1, 3, 4) or not all(1 <= s >> 4 <= 4 and 1 <= s & 15 <= 4
+                                              for s in sampling):
+        raise ImageError(f"The JPEG has an unsupported frame ({components} components, "
+                         "or sampling factors outside 1 to 4).")
     # Inside compressed data every 0xFF byte is followed by 0x00 (or is a restart marker),
     # so this counts scan headers exactly, or overcounts from metadata: never under.
     scans = data.count(b"\xff\xda")
@@ -224,12 +254,14 @@ def _jpeg_header(data: bytes) -> ImageHeader:
         raise ImageTooLarge(f"The JPEG has {scans:,} scans; the limit is {MAX_JPEG_SCANS} "
                             "(real encoders write about 10).")
     # libjpeg scales by 1/2, 1/4 or 1/8 while decoding (see decode), so it produces at most
-    # a fraction of the pixels; a progressive image also keeps all its DCT coefficients
-    # (2 bytes each, 64 per 8x8 block of each component) until its last scan.
+    # a fraction of the pixels; an image of several scans (progressive, or one scan per
+    # component) also keeps all its DCT coefficients, 2 bytes each, 64 per 8x8 block of
+    # each component, until its last scan.
     scale = _jpeg_draft_scale(width, height)
-    output = -(-width // scale) * -(-height // scale) * (1 if components == 1 else 4)
+    per_pixel = {1: _GREY_BYTES, 3: _COLOUR_BYTES}.get(components, _COLOUR_BYTES + 1)  # CMYK
+    output = -(-width // scale) * -(-height // scale) * per_pixel
     coefficients = 0
-    if marker in _JPEG_PROGRESSIVE:
+    if scans > 1 or marker in _JPEG_PROGRESSIVE:
         max_h = max(s >> 4 for s in sampling)
         max_v = max(s & 15 for s in sampling)
         for s in sampling:
@@ -265,8 +297,8 @@ def _webp_header(data: bytes) -> ImageHeader:
     else:
         raise _corrupt(f"unknown WebP chunk {kind!r}")
     # libwebp's animation decoder (Pillow's only WebP path) keeps two RGBA canvases, and
-    # Pillow a copy: 16 bytes a pixel, measured.
-    return ImageHeader("WebP", width, height, decode_bytes=width * height * 16)
+    # Pillow a copy: 16 bytes a pixel, measured, and 1 for the rest.
+    return ImageHeader("WebP", width, height, decode_bytes=width * height * 17)
 
 
 def _gif_header(data: bytes) -> ImageHeader:
@@ -285,8 +317,8 @@ def _gif_header(data: bytes) -> ImageHeader:
         position += 1
     if data[position] != 0x2C:
         raise _corrupt("the GIF has no image")
-    # Frames are decoded onto the whole screen; Pillow may keep it as RGBA.
-    return ImageHeader("GIF", width, height, decode_bytes=width * height * _BYTES_PER_PIXEL)
+    # The first frame is decoded onto the whole screen, as palette indices.
+    return ImageHeader("GIF", width, height, decode_bytes=width * height * _GREY_BYTES)
 
 
 _BMP_COMPRESSION = {0: "none", 3: "bit fields", 6: "bit fields"}
@@ -308,7 +340,7 @@ def _bmp_header(data: bytes) -> ImageHeader:
     if bits not in (1, 4, 8, 16, 24, 32):
         raise ImageError(f"The BMP has {bits} bits per pixel.")
     width, height = width, abs(height)  # a negative height means top-down rows
-    per_pixel = 1 if bits <= 8 else _BYTES_PER_PIXEL
+    per_pixel = _GREY_BYTES if bits <= 8 else _COLOUR_BYTES
     return ImageHeader("BMP", width, height, decode_bytes=width * height * per_pixel)
 
 
@@ -366,8 +398,9 @@ def _tiff_header(data: bytes) -> ImageHeader:
                          f"{MAX_TIFF_STRIPS:,}.")
     if int((offsets + counts).max()) > len(data):
         raise _corrupt("its image data ends early")
-    per_pixel = max(1, samples * max(bits, 8) // 8)
-    per_pixel = 1 if per_pixel == 1 else max(per_pixel, _BYTES_PER_PIXEL)
+    per_pixel = (_GREY_BYTES if samples == 1 and bits <= 8
+                 else _GREY16_BYTES if samples == 1 and bits == 16
+                 else max(_COLOUR_BYTES, samples * bits // 8 + 1))
     return ImageHeader("TIFF", width, height, decode_bytes=width * height * per_pixel)
 
 
@@ -486,19 +519,37 @@ def orient(image: Image.Image, orientation: int) -> Image.Image:
 
 
 def shrink(image: Image.Image) -> Image.Image:
-    """At most WORKING_SIZE on a side. Resizing makes a new, small image; the full-size one
-    is never copied."""
+    """At most WORKING_SIZE on a side, never holding a second full-size image.
+
+    Pillow's `reduce` and `resize` copy an image with alpha whole (to premultiply it), and
+    converting a palette or 16-bit image copies it whole too. Here bands of rows are cut,
+    converted and box-reduced one at a time into the small image, so the peak is the
+    decoded image plus a band.
+    """
     if max(image.size) <= WORKING_SIZE:
         return image
     scale = WORKING_SIZE / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    if image.mode.startswith("I;16"):
-        image = image.convert("I")
-    elif image.mode not in ("1", "L", "P", "RGB", "RGBA", "LA", "I", "F"):
-        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    factor = max(image.size) // WORKING_SIZE
+    mode = _reducible_mode(image)
+    reduced = Image.new(mode, (-(-image.width // factor), -(-image.height // factor)))
+    band = factor * 32
+    for top in range(0, image.height, band):
+        piece = image.crop((0, top, image.width, min(image.height, top + band)))
+        if piece.mode != mode:
+            piece = piece.convert(mode)
+        reduced.paste(piece.reduce(factor) if factor > 1 else piece, (0, top // factor))
+    return reduced.resize(size, Image.Resampling.BOX)
+
+
+def _reducible_mode(image: Image.Image) -> str:
     if image.mode in ("1", "P"):
-        image = image.convert("RGBA" if "transparency" in image.info else "L")
-    return image.resize(size, Image.Resampling.BOX)
+        return "RGBA" if "transparency" in image.info else "L"
+    if image.mode.startswith("I;16"):
+        return "I"
+    if image.mode in ("L", "LA", "RGB", "RGBA", "I", "F"):
+        return image.mode
+    return "RGBA" if "A" in image.getbands() else "RGB"
 
 
 def flatten_transparency(image: Image.Image) -> Image.Image:

@@ -16,6 +16,7 @@ replacement starts in milliseconds.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -29,15 +30,18 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
+from app.batching import QueueFull
 from app.decoding import (
     DecodeLimits,
     ImageError,
     ImageTooLarge,
     inspect,
+    is_simple_png,
     set_pillow_pixel_limit,
 )
 from app.preprocessing import log_rejection, prepare_images, prepare_one
@@ -45,7 +49,17 @@ from app.uploads import Upload, UploadError
 
 logger = logging.getLogger("digits.preprocess")
 
+
+class DecodersBusy(ImageError):
+    """No decoder process came free in time (HTTP 503: retry shortly)."""
+
+    status_code = 503
+
 _STARTED = "started"  # a worker's acknowledgement that it has taken a task
+
+# A request of at most this many bytes of simple PNGs is decoded in its batch; larger ones
+# are decoded before they join it.
+SIMPLE_REQUEST_BYTES = 256 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +70,10 @@ class WorkerLimits:
     """Address space a worker may add to what it has when it starts."""
     timeout_s: float = 1.0
     """Longest a worker may spend on one image."""
+    request_timeout_s: float = 1.5
+    """Longest the workers may spend on all the images of one request."""
+    queue_timeout_s: float = 5.0
+    """Longest a request may wait for a free worker before it is refused (503)."""
 
 
 @dataclasses.dataclass
@@ -124,31 +142,53 @@ class DecoderPool:
             return [worker.process.pid for worker in self._workers]
 
     def run(self, tasks: list[_Task]) -> list[list[np.ndarray | ImageError]]:
-        """Each task's results, in order: a digit or the ImageError of each image."""
+        """Each task's results, in order: a digit or the ImageError of each image.
+
+        The tasks are one request's: together they get `request_timeout_s` from the moment
+        the first is handed to a worker, and each image `timeout_s`.
+        """
         results: list[list] = [[None] * len(task.blobs) for task in tasks]
+        by_task = {id(task): answer for task, answer in zip(tasks, results, strict=True)}
         waiting = collections.deque(tasks)
         running: dict[_Worker, _Running] = {}
-        by_task = {id(task): answer for task, answer in zip(tasks, results, strict=True)}
+        queued_until = time.monotonic() + self.limits.queue_timeout_s
+        give_up = None  # when the request's time is up, once it has started
         try:
             while waiting or running:
+                if give_up is not None and time.monotonic() >= give_up:
+                    self._fail_waiting(waiting, by_task, self._out_of_time())
                 while waiting:
-                    worker = self._checkout(block=not running)
+                    worker = self._checkout(None if running else queued_until)
                     if worker is None:
+                        if not running:  # no worker came free in time
+                            self._fail_waiting(waiting, by_task, DecodersBusy(
+                                "Every decoder process is busy; retry shortly."))
                         break
                     task = waiting.popleft()
-                    if worker.send(task.blobs):
-                        running[worker] = _Running(task, time.monotonic() + self.limits.timeout_s)
-                    else:  # found dead before it took the task: nothing to blame
+                    if not worker.send(task.blobs):  # dead before it took the task
                         self._replace(worker, "crashed", "while idle")
                         waiting.appendleft(task)
-                self._collect(running, waiting, by_task)
+                        continue
+                    if give_up is None:
+                        give_up = time.monotonic() + self.limits.request_timeout_s
+                    running[worker] = _Running(task, self._deadline(give_up))
+                if running:
+                    self._collect(running, waiting, by_task, give_up)
         finally:
             for worker in running:  # only if this thread itself was interrupted
                 self._replace(worker, "crashed", "abandoned by its batch")
         return results
 
+    def _deadline(self, give_up: float) -> float:
+        return min(time.monotonic() + self.limits.timeout_s, give_up)
+
+    def _out_of_time(self) -> ImageTooLarge:
+        return ImageTooLarge(f"The request's images took over "
+                             f"{self.limits.request_timeout_s:g} s to decode; send fewer or "
+                             "smaller images.")
+
     def _collect(self, running: dict[_Worker, _Running], waiting: collections.deque,
-                 by_task: dict[int, list]) -> None:
+                 by_task: dict[int, list], give_up: float) -> None:
         """Wait for the next messages (or the nearest deadline) and act on them."""
         nearest = min(state.deadline for state in running.values())
         by_conn = {worker.conn: worker for worker in running}
@@ -169,7 +209,7 @@ class DecoderPool:
                     self._replace(worker, "crashed", self._fail(state, by_task, ImageError(
                         "The decoder crashed on this image; it is corrupt or malicious.")))
                 continue
-            state.deadline = time.monotonic() + self.limits.timeout_s
+            state.deadline = self._deadline(give_up)
             if isinstance(message, str):  # _STARTED
                 state.started = True
             else:
@@ -183,13 +223,24 @@ class DecoderPool:
             if state.deadline > now:
                 continue
             del running[worker]
-            if not state.started and not state.task.retried:  # it never took the task
+            if now >= give_up:
+                error = self._out_of_time()
+            elif not state.started and not state.task.retried:  # it never took the task
                 self._replace(worker, "timeout", "before taking its task")
                 state.task.retried = True
                 waiting.appendleft(state.task)
+                continue
             else:
-                self._replace(worker, "timeout", self._fail(state, by_task, ImageTooLarge(
-                    f"The image took over {self.limits.timeout_s:g} s to decode.")))
+                error = ImageTooLarge(f"The image took over {self.limits.timeout_s:g} s to "
+                                      "decode.")
+            self._replace(worker, "timeout", self._fail(state, by_task, error))
+
+    @staticmethod
+    def _fail_waiting(waiting: collections.deque, by_task: dict[int, list],
+                      error: ImageError) -> None:
+        while waiting:
+            answers = by_task[id(waiting.popleft())]
+            answers[:] = [error] * len(answers)
 
     def _fail(self, state: _Running, by_task: dict[int, list], error: ImageError) -> str:
         """The image a worker was on gets `error`; the rest of its task go undecoded (the
@@ -201,9 +252,12 @@ class DecoderPool:
         return (f"on image #{task.positions[state.done] + 1} of a request, sha256 "
                 f"{hashlib.sha256(task.blobs[state.done]).hexdigest()}")
 
-    def _checkout(self, block: bool) -> _Worker | None:
+    def _checkout(self, until: float | None) -> _Worker | None:
+        """An idle worker: at once (until=None), or waiting for one until `until`."""
         try:
-            return self._idle.get(block=block)
+            if until is None:
+                return self._idle.get(block=False)
+            return self._idle.get(timeout=max(0.0, until - time.monotonic()))
         except queue.Empty:
             return None
 
@@ -309,13 +363,19 @@ class PreprocessWorkers:
     """
 
     def __init__(self, decode_limits: DecodeLimits, limits: WorkerLimits,
-                 max_request_pixels: int = 100_000_000,
+                 max_request_pixels: int = 100_000_000, max_waiting_images: int = 4096,
                  on_restart: Callable[[str], None] = lambda reason: None,
                  work: Callable[[bytes, DecodeLimits], np.ndarray | ImageError] = prepare_one):
         self.decode_limits = decode_limits
         self.max_request_pixels = max_request_pixels
+        self.max_waiting_images = max_waiting_images
         self.pool = (DecoderPool(decode_limits, limits, on_restart, work)
                      if limits.processes else None)
+        # Threads that wait for the workers on behalf of requests (the waiting is all
+        # they do): a few per worker, so a request is handed over as soon as one is free.
+        self._waiters = ThreadPoolExecutor(max(4, 2 * limits.processes),
+                                           thread_name_prefix="decode-wait")
+        self._waiting_images = 0
 
     def start(self) -> None:
         set_pillow_pixel_limit(self.decode_limits.max_pixels)
@@ -326,29 +386,62 @@ class PreprocessWorkers:
             self.pool.start()
 
     def close(self) -> None:
+        self._waiters.shutdown(wait=True, cancel_futures=True)
         if self.pool is not None:
             self.pool.close()
 
-    def __call__(self, requests: list[list[Upload]]) -> list[np.ndarray | UploadError]:
+    def needs_workers(self, uploads: list[Upload]) -> bool:
+        """Whether a request must go to the decoder processes before it joins a batch.
+
+        Asked on the event loop, so it only reads a few dozen PNG chunks: a request of
+        simple PNGs is decoded in its batch, as one stack; anything else is decoded first
+        (`prepare_ahead`), so that a slow image never holds up a model's batch.
+        """
+        if self.pool is None:
+            return False
+        if sum(len(upload.data) for upload in uploads) > SIMPLE_REQUEST_BYTES:
+            return True
+        return not all(is_simple_png(upload.data) for upload in uploads)
+
+    async def prepare_ahead(self, uploads: list[Upload]) -> np.ndarray:
+        """A request's digits, decoded now (in the workers, waited for in a thread)."""
+        if self._waiting_images + len(uploads) > self.max_waiting_images:
+            raise QueueFull(f"{self._waiting_images} images are waiting for the decoder "
+                            f"processes (limit {self.max_waiting_images}); retry shortly.")
+        self._waiting_images += len(uploads)
+        try:
+            outcome = await asyncio.get_running_loop().run_in_executor(
+                self._waiters, lambda: self([uploads])[0])
+        finally:
+            self._waiting_images -= len(uploads)
+        if isinstance(outcome, UploadError):
+            raise outcome
+        return outcome
+
+    def __call__(self, requests: list[list[Upload] | np.ndarray]
+                 ) -> list[np.ndarray | UploadError]:
+        """Each request's digits (uint8 [n, 28, 28]) or its error; a request already
+        prepared (an array) passes through."""
         answers: list[list] = [[None] * len(uploads) for uploads in requests]
         here: list[tuple[int, int]] = []
-        elsewhere: list[_Task] = []
+        elsewhere: list[list[_Task]] = []
         for r, uploads in enumerate(requests):
-            self._route(r, uploads, answers[r], here, elsewhere)
+            if not isinstance(uploads, np.ndarray):
+                self._route(r, uploads, answers[r], here, elsewhere)
         if here:
             prepared = prepare_images([requests[r][i].data for r, i in here],
                                       self.decode_limits)
             for (r, i), result in zip(here, prepared, strict=True):
                 answers[r][i] = result
-        if elsewhere:
-            for task, results in zip(elsewhere, self.pool.run(elsewhere), strict=True):
+        for tasks in elsewhere:  # one request at a time: each has its own time budget
+            for task, results in zip(tasks, self.pool.run(tasks), strict=True):
                 for i, result in zip(task.positions, results, strict=True):
                     answers[task.request][i] = result
-        return [self._outcome(uploads, mine)
+        return [uploads if isinstance(uploads, np.ndarray) else self._outcome(uploads, mine)
                 for uploads, mine in zip(requests, answers, strict=True)]
 
     def _route(self, r: int, uploads: list[Upload], answers: list, here: list,
-               elsewhere: list[_Task]) -> None:
+               elsewhere: list[list[_Task]]) -> None:
         """Inspect one request's images; queue them here or for the workers, or fail it."""
         local, pooled, pixels = [], [], 0
         for i, upload in enumerate(uploads):
@@ -372,9 +465,9 @@ class PreprocessWorkers:
             return
         # A request's images are split over the workers, never mixed with another's.
         parts = min(len(pooled), self.pool.limits.processes)
-        for chunk in np.array_split(np.array(pooled), parts):
-            positions = chunk.tolist()
-            elsewhere.append(_Task(r, positions, [uploads[i].data for i in positions]))
+        elsewhere.append([_Task(r, positions, [uploads[i].data for i in positions])
+                          for positions in (chunk.tolist() for chunk in
+                                            np.array_split(np.array(pooled), parts))])
 
     @staticmethod
     def _outcome(uploads: list[Upload], answers: list) -> np.ndarray | UploadError:

@@ -30,8 +30,10 @@ class PredictionService:
         self.preprocess = PreprocessWorkers(
             DecodeLimits(settings.max_image_pixels, settings.max_decode_megabytes * 2**20),
             WorkerLimits(settings.preprocess_workers, settings.decoder_memory_megabytes * 2**20,
-                         settings.decode_timeout_ms / 1000),
+                         settings.decode_timeout_ms / 1000,
+                         settings.decode_request_timeout_ms / 1000),
             max_request_pixels=settings.max_request_pixels,
+            max_waiting_images=settings.max_queue_images,
             on_restart=lambda reason: metrics.decoder_restarts.labels(reason).inc())
         self.batchers = {
             style: Batcher(model_on_pixels(model), prepare=self.preprocess,
@@ -55,7 +57,10 @@ class PredictionService:
     async def predict(self, model: LoadedModel, uploads: list[Upload],
                       debug: bool) -> PredictResponse:
         self.metrics.images_per_request.labels(model.style.value).observe(len(uploads))
-        result = await self.batchers[model.style].submit(uploads, size=len(uploads))
+        payload = uploads
+        if self.preprocess.needs_workers(uploads):
+            payload = await self.preprocess.prepare_ahead(uploads)
+        result = await self.batchers[model.style].submit(payload, size=len(uploads))
         if debug:  # encoding a PNG per image is CPU work: keep it off the event loop
             return await run_in_threadpool(build_response, model, result.outputs, result.inputs)
         return build_response(model, result.outputs, None)

@@ -31,11 +31,13 @@ class Settings(BaseSettings):
         40_000_000, gt=0, description="Largest width x height decoded (decompression bombs).")
     max_decode_megabytes: int = Field(
         96, gt=0, description="Largest memory one image may need to decode, estimated from its "
-        "header before decoding (a 4000x6000 RGB PNG needs 92 MB; a 6,000-px JPEG far less).")
+        "header before decoding (a 5000x4000 RGB PNG needs 95 MB; a baseline JPEG far less).")
     max_request_pixels: int = Field(
         100_000_000, gt=0, description="Most pixels all the images of one request may add up to.")
     decode_timeout_ms: int = Field(
         1000, gt=0, description="Longest a decoder process may spend on one image.")
+    decode_request_timeout_ms: int = Field(
+        1500, gt=0, description="Longest the decoder processes may spend on one request.")
     decoder_memory_megabytes: int = Field(
         512, gt=0, description="Address space a decoder process may add to its own (RLIMIT_AS).")
     max_batch_size: int = Field(128, gt=0, description="Most images in one model call.")

@@ -107,9 +107,10 @@ def test_a_png_of_endless_chunks_is_refused():
 
 
 @pytest.mark.parametrize("mode, size, fits", [
-    ("RGB", (4000, 6000), True),     # 92 MB in Pillow's 4 bytes a pixel: fits in 96
-    ("RGB", (4000, 6400), False),    # 98 MB
-    ("L", (9000, 4000), True),       # 1 byte a pixel
+    ("RGB", (5000, 4000), True),     # 95 MB at 5 bytes a pixel: fits in 96
+    ("RGB", (5000, 4100), False),    # 98 MB
+    ("L", (8000, 5000), True),       # 2 bytes a pixel: 80 MB
+    ("I;16", (6000, 6000), False),   # 3 bytes a pixel: 108 MB
 ])
 def test_memory_is_estimated_from_the_header(mode, size, fits):
     data = encode(Image.new(mode, size), "PNG")
@@ -131,8 +132,8 @@ def test_a_progressive_jpeg_is_priced_by_its_coefficients():
     image = Image.new("RGB", (4000, 4000))
     baseline = encode(image, "JPEG", quality=90, subsampling=0)
     progressive = encode(image, "JPEG", quality=90, subsampling=0, progressive=True)
-    dec.inspect(baseline, LIMITS)  # decoded at half size, a row at a time: 15 MB
-    with pytest.raises(dec.ImageTooLarge):  # and every coefficient kept: 107 MB
+    dec.inspect(baseline, LIMITS)  # decoded at half size, a row at a time: 19 MB
+    with pytest.raises(dec.ImageTooLarge):  # and every coefficient kept: 111 MB
         dec.inspect(progressive, LIMITS)
 
 

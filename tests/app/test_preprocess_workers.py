@@ -3,6 +3,7 @@ request, and workers replaced whenever they die, at whatever point that happens.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -11,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from app.batching import QueueFull
 from app.decoding import DecodeLimits
 from app.preprocess_workers import PreprocessWorkers, WorkerLimits
 from app.preprocessing import prepare_one
@@ -26,12 +28,18 @@ HANG = JPEG + b"HANG"
 LIMITS = DecodeLimits(max_pixels=4_000_000)
 
 
+SLOW = JPEG + b"SLOW"
+
+
 def scripted_work(data: bytes, limits: DecodeLimits):
-    """The real work, except on the marked images: a decoder that segfaults or loops."""
+    """The real work, except on the marked images: a decoder that segfaults, loops, or
+    takes 0.4 s."""
     if data.endswith(b"CRASH"):
         os.kill(os.getpid(), signal.SIGKILL)
     if data.endswith(b"HANG"):
         time.sleep(60)
+    if data.endswith(b"SLOW"):
+        time.sleep(0.4)
     return prepare_one(data, limits)
 
 
@@ -207,3 +215,73 @@ def test_workers_stay_light(workers):
     for pid in workers.pool.pids:
         modules = open(f"/proc/{pid}/maps").read()
         assert "tensorflow" not in modules
+
+
+def test_a_request_has_a_time_budget_for_all_its_images():
+    # Each image is within its own 1 s, but 3 x 0.4 s on each worker is over the 1 s budget.
+    workers = PreprocessWorkers(LIMITS, WorkerLimits(processes=2, timeout_s=1.0,
+                                                     request_timeout_s=1.0), work=scripted_work)
+    workers.start()
+    try:
+        started = time.monotonic()
+        slow, fine = workers([uploads(SLOW, 6), uploads(JPEG)])
+        assert time.monotonic() - started < 2.5
+        assert isinstance(slow, UploadError) and slow.status_code == 413
+        assert "request's images took over 1 s" in slow.detail
+        assert_digits(fine, 1)
+    finally:
+        workers.close()
+
+
+def test_a_request_that_finds_every_worker_busy_is_503():
+    workers = PreprocessWorkers(LIMITS, WorkerLimits(processes=1, timeout_s=5.0,
+                                                     request_timeout_s=5.0,
+                                                     queue_timeout_s=0.3), work=scripted_work)
+    workers.start()
+    try:
+        hanging = threading.Thread(target=workers, args=([uploads(HANG)],))
+        hanging.start()
+        deadline = time.monotonic() + 10
+        while not workers.pool._idle.empty():  # until the hanging request holds the worker
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        (busy,) = workers([uploads(JPEG)])
+        assert isinstance(busy, UploadError) and busy.status_code == 503
+        hanging.join(timeout=30)
+    finally:
+        workers.close()
+
+
+def test_only_requests_of_simple_pngs_are_decoded_in_their_batch(workers):
+    import zlib
+
+    from tests.app.test_decoding import chunk
+
+    text = chunk(b"zTXt", b"k\0\0" + zlib.compress(b"x"))
+    assert not workers.needs_workers(uploads(PNG, 3))
+    assert workers.needs_workers(uploads(PNG) + uploads(JPEG, first=2))
+    assert workers.needs_workers(uploads(PNG[:33] + text + PNG[33:]))
+    assert workers.needs_workers(uploads(PNG, 700))  # over 256 KB: inspected in a thread
+    in_process = PreprocessWorkers(LIMITS, WorkerLimits(processes=0))
+    assert not in_process.needs_workers(uploads(JPEG))
+
+
+def test_a_request_prepared_ahead_passes_through_its_batch(workers):
+    digits = asyncio.run(workers.prepare_ahead(uploads(JPEG, 2)))
+    assert_digits(digits, 2)
+    passed, decoded = workers([digits, uploads(PNG)])
+    assert passed is digits
+    assert_digits(decoded, 1)
+
+
+def test_prepare_ahead_refuses_more_waiting_images_than_allowed():
+    workers = PreprocessWorkers(LIMITS, WorkerLimits(processes=1), max_waiting_images=2)
+    workers.start()
+    try:
+        with pytest.raises(QueueFull):
+            asyncio.run(workers.prepare_ahead(uploads(JPEG, 3)))
+        with pytest.raises(UploadError) as refused:
+            asyncio.run(workers.prepare_ahead(uploads(b"junk")))
+        assert refused.value.status_code == 415
+    finally:
+        workers.close()

@@ -99,6 +99,62 @@ def ico_wrapping_a_large_png() -> bytes:
     return directory + png
 
 
+def png_with_text_bombs(count: int) -> bytes:
+    """A small digit PNG carrying `count` zTXt chunks that each inflate to 8 MB."""
+    data = digit_png()
+    bomb = zlib.compress(b"\0" * 8_000_000, 9)
+    chunks = b"".join(chunk(b"zTXt", b"k%d\0\0" % i + bomb) for i in range(count))
+    return data[:33] + chunks + data[33:]
+
+
+def bilevel_png_with_transparency(width: int, height: int) -> bytes:
+    """A 1-bit PNG with a tRNS chunk: Pillow expands it to RGBA to shrink it."""
+    data = encode(Image.new("1", (width, height), 1), "PNG", compress_level=9)
+    return data[:33] + chunk(b"tRNS", b"\0\0") + data[33:]
+
+
+def jpeg_segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def baseline_jpeg_one_scan_per_component(width: int, height: int) -> bytes:
+    """A baseline JPEG of all-zero blocks, one scan per colour component: libjpeg must
+    keep every coefficient of the image to decode it."""
+    frame = bytes([8]) + struct.pack(">HHB", height, width, 3) + b"".join(
+        bytes([component, 0x11, 0]) for component in (1, 2, 3))
+    one_code = bytes([1] + [0] * 15) + b"\0"  # a Huffman table with one 1-bit code: 0
+    blocks = -(-width // 8) * -(-height // 8)
+    zeros = b"\0" * (blocks * 2 // 8 + 1)  # DC 0 and end-of-block: 2 bits a block
+    scans = b"".join(jpeg_segment(0xDA, bytes([1, component, 0, 0, 63, 0])) + zeros
+                     for component in (1, 2, 3))
+    return (b"\xff\xd8" + jpeg_segment(0xDB, b"\0" + bytes([1] * 64))
+            + jpeg_segment(0xC0, frame) + jpeg_segment(0xC4, b"\x00" + one_code)
+            + jpeg_segment(0xC4, b"\x10" + one_code) + scans + b"\xff\xd9")
+
+
+def tiff_of_single_row_strips(rows: int = 65_536) -> bytes:
+    """A 1-pixel-wide TIFF of `rows` one-row strips that all point at the same byte:
+    Pillow handles each strip in Python (about 0.3 s for 65,536)."""
+    entries = [(256, 3, 1, 1), (257, 4, 1, rows), (258, 3, 1, 8), (259, 3, 1, 1),
+               (262, 3, 1, 1), (273, 3, rows, None), (277, 3, 1, 1), (278, 3, 1, 1),
+               (279, 3, rows, None)]
+    directory_size = 2 + 12 * len(entries) + 4
+    pixel_at = 8 + directory_size
+    offsets_at = pixel_at + 1
+    counts_at = offsets_at + 2 * rows
+    directory = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        if value is None:
+            directory += struct.pack("<HHII", tag, kind, count,
+                                     offsets_at if tag == 273 else counts_at)
+        elif kind == 4:
+            directory += struct.pack("<HHII", tag, kind, count, value)
+        else:
+            directory += struct.pack("<HHIHH", tag, kind, count, value, 0)
+    return (b"II*\0" + struct.pack("<I", 8) + directory + struct.pack("<I", 0) + b"\x80"
+            + struct.pack(f"<{rows}H", *[pixel_at] * rows) + struct.pack(f"<{rows}H", *[1] * rows))
+
+
 @functools.cache
 def cases() -> tuple[Hostile, ...]:
     """Every hostile request, generated once per process (a few seconds)."""
@@ -146,6 +202,21 @@ def cases() -> tuple[Hostile, ...]:
                 path="/models/sequential%2fpredict", was="200"),
         Hostile("base64-excess-padding", b'{"images": ["AAAA===="]}', "application/json",
                 frozenset({400}), was="passed as base64"),
+        # Found by an attack on the first hardened version:
+        Hostile("png-1000-ztxt-bombs", png_with_text_bombs(1000), "image/png", frozenset({400}),
+                was="(hardened v1) decoded in the server: 13 s of CPU, its model held 16 s"),
+        Hostile("png-1bit-transparent-8000x5000", bilevel_png_with_transparency(8000, 5000),
+                "image/png", frozenset({400, 413}), was="(hardened v1) a worker +342 MB"),
+        Hostile("jpeg-one-scan-per-component-8000x5000",
+                baseline_jpeg_one_scan_per_component(8000, 5000), "image/jpeg",
+                frozenset({413}), was="(hardened v1) a worker +232 MB"),
+        Hostile("tiff-39-slow-strip-tables", multipart(
+            [(f"{i}.tif", tiff_of_single_row_strips()) for i in range(39)]), MULTIPART,
+            # 400: the first image is blank; 413: the others run out of time
+            frozenset({400, 413}), was="(hardened v1) both workers held 9.8 s, a neighbour 9.6 s"),
+        Hostile("json-base64-of-whitespace", ('{"images": ["' + "\u0100 " * 3_000_000 + '"]}')
+                .encode(), "application/json", frozenset({400}),
+                was="(hardened v1) +338 MB"),
         *(Hostile(f"format-{name.lower()}", encode(Image.new(mode, (64, 64)), name),
                   "application/octet-stream", frozenset({415}), was="decoded")
           for name, mode in (("PPM", "RGB"), ("PCX", "RGB"), ("TGA", "RGB"), ("SGI", "RGB"),
