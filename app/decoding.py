@@ -159,15 +159,18 @@ _PNG_SPECIAL_CHUNKS = {b"tRNS", b"eXIf", b"iTXt", b"acTL"}
 _PNG_COLOUR_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
 
 
-def is_simple_png(data: bytes) -> bool:
-    """Whether `inspect` would call this a simple PNG, at a bounded cost (a few dozen
-    chunks read at most): cheap enough to ask on the event loop."""
+def inspect_simple(data: bytes, limits: DecodeLimits) -> ImageHeader | None:
+    """`inspect` for a simple PNG, None for anything else (including what `inspect` would
+    refuse), at a bounded cost (a few dozen chunks read at most): cheap enough for the
+    event loop."""
     if not data.startswith(PNG_SIGNATURE) or len(data) > SIMPLE_PNG_BYTES:
-        return False
+        return None
     try:
-        return _png_header(data, max_chunks=SIMPLE_PNG_CHUNKS).simple
-    except (ImageError, struct.error):
-        return False
+        header = _png_header(data, max_chunks=SIMPLE_PNG_CHUNKS)
+        _check_limits(header, limits)
+    except (ImageError, struct.error, IndexError, ValueError):
+        return None
+    return header if header.simple else None
 
 
 def _png_header(data: bytes, max_chunks: int = MAX_PNG_CHUNKS) -> ImageHeader:

@@ -39,9 +39,10 @@ from app.batching import QueueFull
 from app.decoding import (
     DecodeLimits,
     ImageError,
+    ImageHeader,
     ImageTooLarge,
     inspect,
-    is_simple_png,
+    inspect_simple,
     set_pillow_pixel_limit,
 )
 from app.preprocessing import log_rejection, prepare_images, prepare_one
@@ -390,18 +391,25 @@ class PreprocessWorkers:
         if self.pool is not None:
             self.pool.close()
 
-    def needs_workers(self, uploads: list[Upload]) -> bool:
-        """Whether a request must go to the decoder processes before it joins a batch.
+    def in_batch(self, uploads: list[Upload]) -> list[Upload] | None:
+        """The uploads, with their headers, if the request is decoded in its batch; None
+        if it must go to the decoder processes first (`prepare_ahead`).
 
-        Asked on the event loop, so it only reads a few dozen PNG chunks: a request of
-        simple PNGs is decoded in its batch, as one stack; anything else is decoded first
-        (`prepare_ahead`), so that a slow image never holds up a model's batch.
+        Asked on the event loop, so it reads a few dozen PNG chunks at most: a request of
+        simple PNGs is decoded in its batch, as one stack; anything else is decoded before
+        it joins the batch, so that a slow image never holds a model's batch up.
         """
         if self.pool is None:
-            return False
+            return uploads
         if sum(len(upload.data) for upload in uploads) > SIMPLE_REQUEST_BYTES:
-            return True
-        return not all(is_simple_png(upload.data) for upload in uploads)
+            return None
+        inspected = []
+        for upload in uploads:
+            header = inspect_simple(upload.data, self.decode_limits)
+            if header is None:
+                return None
+            inspected.append(Upload(upload.label, upload.data, header))
+        return inspected
 
     async def prepare_ahead(self, uploads: list[Upload]) -> np.ndarray:
         """A request's digits, decoded now (in the workers, waited for in a thread)."""
@@ -423,15 +431,15 @@ class PreprocessWorkers:
         """Each request's digits (uint8 [n, 28, 28]) or its error; a request already
         prepared (an array) passes through."""
         answers: list[list] = [[None] * len(uploads) for uploads in requests]
-        here: list[tuple[int, int]] = []
+        here: list[tuple[int, int, ImageHeader]] = []
         elsewhere: list[list[_Task]] = []
         for r, uploads in enumerate(requests):
             if not isinstance(uploads, np.ndarray):
                 self._route(r, uploads, answers[r], here, elsewhere)
         if here:
-            prepared = prepare_images([requests[r][i].data for r, i in here],
-                                      self.decode_limits)
-            for (r, i), result in zip(here, prepared, strict=True):
+            prepared = prepare_images([requests[r][i].data for r, i, _ in here],
+                                      self.decode_limits, [header for _, _, header in here])
+            for (r, i, _), result in zip(here, prepared, strict=True):
                 answers[r][i] = result
         for tasks in elsewhere:  # one request at a time: each has its own time budget
             for task, results in zip(tasks, self.pool.run(tasks), strict=True):
@@ -446,7 +454,7 @@ class PreprocessWorkers:
         local, pooled, pixels = [], [], 0
         for i, upload in enumerate(uploads):
             try:
-                header = inspect(upload.data, self.decode_limits)
+                header = upload.header or inspect(upload.data, self.decode_limits)
             except ImageError as error:
                 answers[i] = error
                 return  # the request fails on this image; decode none of it
@@ -457,7 +465,7 @@ class PreprocessWorkers:
                     "(DIGITS_MAX_REQUEST_PIXELS); send fewer or smaller images per request.")
                 return
             if header.simple or self.pool is None:
-                local.append((r, i))
+                local.append((r, i, header))
             else:
                 pooled.append(i)
         here.extend(local)

@@ -22,7 +22,14 @@ import logging
 
 import numpy as np
 
-from app.decoding import DecodeLimits, DecoderFailure, ImageError, decode, inspect
+from app.decoding import (
+    DecodeLimits,
+    DecoderFailure,
+    ImageError,
+    ImageHeader,
+    decode,
+    inspect,
+)
 from digit_contract import IMAGE_SIZE
 
 logger = logging.getLogger("digits.preprocess")
@@ -59,15 +66,17 @@ def prepare_one(data: bytes, limits: DecodeLimits) -> np.ndarray | ImageError:
 MAX_PENDING_PIXELS = 1 << 23
 
 
-def prepare_images(blobs: list[bytes], limits: DecodeLimits) -> list[np.ndarray | ImageError]:
+def prepare_images(blobs: list[bytes], limits: DecodeLimits,
+                   headers: list[ImageHeader] | None = None) -> list[np.ndarray | ImageError]:
     """Each encoded image as uint8 [28, 28], or the ImageError that rejected it, decoded in
-    this process (the callers decide which images may be: see app.preprocess_workers)."""
+    this process (the callers decide which images may be: see app.preprocess_workers).
+    `headers`, when given, are the images' own, already inspected against `limits`."""
     results: list[np.ndarray | ImageError | None] = [None] * len(blobs)
     pending: dict[int, np.ndarray] = {}
     pending_pixels = 0
     for i, data in enumerate(blobs):
         try:
-            gray = decode(data, inspect(data, limits))
+            gray = decode(data, headers[i] if headers else inspect(data, limits))
         except ImageError as error:
             results[i] = error
             continue

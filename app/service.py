@@ -57,8 +57,8 @@ class PredictionService:
     async def predict(self, model: LoadedModel, uploads: list[Upload],
                       debug: bool) -> PredictResponse:
         self.metrics.images_per_request.labels(model.style.value).observe(len(uploads))
-        payload = uploads
-        if self.preprocess.needs_workers(uploads):
+        payload = self.preprocess.in_batch(uploads)
+        if payload is None:
             payload = await self.preprocess.prepare_ahead(uploads)
         result = await self.batchers[model.style].submit(payload, size=len(uploads))
         if debug:  # encoding a PNG per image is CPU work: keep it off the event loop

@@ -10,6 +10,7 @@ import binascii
 import dataclasses
 import functools
 import json
+from typing import TYPE_CHECKING
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +18,9 @@ from pydantic import BaseModel, Field, ValidationError
 from python_multipart.multipart import parse_options_header as _parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
+
+if TYPE_CHECKING:
+    from app.decoding import ImageHeader
 
 SUPPORTED_TYPES = "multipart/form-data, image/*, application/octet-stream or application/json"
 
@@ -59,6 +63,7 @@ class UploadError(Exception):
 class Upload:
     label: str  # how error messages name this image, e.g. "file #2 ('seven.png')"
     data: bytes
+    header: ImageHeader | None = None  # once inspected (app.decoding)
 
 
 class Base64Images(BaseModel):

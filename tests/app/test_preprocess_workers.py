@@ -258,12 +258,14 @@ def test_only_requests_of_simple_pngs_are_decoded_in_their_batch(workers):
     from tests.app.test_decoding import chunk
 
     text = chunk(b"zTXt", b"k\0\0" + zlib.compress(b"x"))
-    assert not workers.needs_workers(uploads(PNG, 3))
-    assert workers.needs_workers(uploads(PNG) + uploads(JPEG, first=2))
-    assert workers.needs_workers(uploads(PNG[:33] + text + PNG[33:]))
-    assert workers.needs_workers(uploads(PNG, 700))  # over 256 KB: inspected in a thread
+    inspected = workers.in_batch(uploads(PNG, 3))
+    assert [upload.header.simple for upload in inspected] == [True] * 3
+    assert workers.in_batch(uploads(PNG) + uploads(JPEG, first=2)) is None
+    assert workers.in_batch(uploads(PNG[:33] + text + PNG[33:])) is None
+    assert workers.in_batch(uploads(PNG, 700)) is None  # over 256 KB: inspected in a thread
+    assert workers.in_batch(uploads(PNG[:60])) is None  # refused there, with its reason
     in_process = PreprocessWorkers(LIMITS, WorkerLimits(processes=0))
-    assert not in_process.needs_workers(uploads(JPEG))
+    assert in_process.in_batch(uploads(JPEG)) is not None
 
 
 def test_a_request_prepared_ahead_passes_through_its_batch(workers):
