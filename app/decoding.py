@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 from PIL import ExifTags, Image
 
+from app.scanning import find_all
+
 # OpenCV would log each unreadable upload to stderr; those get their own 400 answer instead.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
@@ -250,12 +252,12 @@ def _jpeg_header(data: bytes) -> ImageHeader:
                          "or sampling factors outside 1 to 4).")
     # Inside compressed data every 0xFF byte is followed by 0x00 (or is a restart marker),
     # so this counts scan headers exactly, or overcounts from metadata: never under.
-    scans = data.count(b"\xff\xda")
+    scans = len(find_all(data, b"\xff\xda", limit=MAX_JPEG_SCANS))
     if scans == 0:
         raise _corrupt("the JPEG has no scan")
     if scans > MAX_JPEG_SCANS:
-        raise ImageTooLarge(f"The JPEG has {scans:,} scans; the limit is {MAX_JPEG_SCANS} "
-                            "(real encoders write about 10).")
+        raise ImageTooLarge(f"The JPEG has over {MAX_JPEG_SCANS} scans (real encoders write "
+                            "about 10).")
     # libjpeg scales by 1/2, 1/4 or 1/8 while decoding (see decode), so it produces at most
     # a fraction of the pixels; an image of several scans (progressive, or one scan per
     # component) also keeps all its DCT coefficients, 2 bytes each, 64 per 8x8 block of

@@ -20,6 +20,8 @@ from python_multipart.multipart import parse_options_header as _parse_options_he
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from app.scanning import find_all
+
 if TYPE_CHECKING:
     from app.decoding import ImageHeader
 
@@ -137,7 +139,11 @@ def parse_multipart(body: bytes, boundary: bytes, max_images: int) -> list[Uploa
     callback per header and chunk, which matters for many small images.
     """
     delimiter = b"--" + boundary
-    positions = _delimiters(body, delimiter, limit=2 * max_images + 16)
+    limit = 2 * max_images + 16  # each part is a few objects: a bounded number of them
+    positions = find_all(body, delimiter, limit)
+    if len(positions) > limit:
+        raise UploadError(413, f"The multipart body has over {limit} parts; send at most "
+                               f"{max_images} images (DIGITS_MAX_IMAGES_PER_REQUEST).")
     # Before the first delimiter is the preamble; the last must be the closing "--".
     if not positions or body[positions[-1] + len(delimiter):][:2] != b"--":
         raise UploadError(400, "Malformed multipart body: no closing boundary (truncated?).")
@@ -160,32 +166,6 @@ def parse_multipart(body: bytes, boundary: bytes, max_images: int) -> list[Uploa
             label += f" ('{filename[:100].decode('utf-8', 'replace')}')"
         uploads.append(Upload(label, body[header_end + 4: end - 2]))
     return uploads
-
-
-# Searching megabytes in one call would hold the interpreter lock, and so every other
-# request of this process, for tens of milliseconds; a window at a time lets them in.
-_SEARCH_WINDOW = 1 << 20
-
-
-def _delimiters(body: bytes, delimiter: bytes, limit: int) -> list[int]:
-    """Where `delimiter` starts in `body`, in one pass; 413 past `limit` of them (a body of
-    nothing but delimiters must not become millions of parts)."""
-    positions: list[int] = []
-    start = 0
-    while start < len(body):
-        stop = min(len(body), start + _SEARCH_WINDOW + len(delimiter))
-        found = body.find(delimiter, start, stop)
-        if found < 0:
-            if stop == len(body):
-                break
-            start = stop - len(delimiter) + 1  # a delimiter may straddle the windows
-            continue
-        positions.append(found)
-        if len(positions) > limit:
-            raise UploadError(413, f"The multipart body has over {limit} parts; send at most "
-                                   f"{(limit - 16) // 2} images (DIGITS_MAX_IMAGES_PER_REQUEST).")
-        start = found + len(delimiter)
-    return positions
 
 
 def _disposition(head: bytes) -> tuple[bytes | None, bytes | None]:
