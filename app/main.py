@@ -6,6 +6,7 @@ tests and embedders call `create_app(Settings(...))`.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import gc
 import logging
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from app.service import PredictionService
 
         limit_cpu_threads(settings.tensorflow_threads())
+        return_large_blocks_to_the_system()
         device = select_device(settings.device)
         logger.info("loading models from %s on %s", settings.model_dir, device)
         registry = await run_in_threadpool(load_registry, settings.model_dir, device)
@@ -118,6 +120,22 @@ def add_error_handlers(app: FastAPI) -> None:
                     f"Unknown model '{problem.get('input')}'. Available styles: "
                     f"{', '.join(s.value for s in Style)}.")})
         return await request_validation_exception_handler(request, error)
+
+
+# glibc's M_MMAP_THRESHOLD: blocks at least this large are mapped on their own and handed
+# back when freed. Left alone, glibc raises the threshold after the first large free, and
+# the multi-megabyte bodies of later requests stay in the heap: +100 MB per server process
+# after 30 s of hostile uploads, against +27 MB with the threshold fixed (measured).
+MMAP_THRESHOLD = 256 * 1024
+
+
+def return_large_blocks_to_the_system() -> None:
+    """Fix glibc's mmap threshold (where glibc is the allocator), so large request bodies
+    don't stay in the heap once freed."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, MMAP_THRESHOLD)  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        logger.debug("not glibc: the allocator's thresholds are left as they are")
 
 
 def configure_logging(level: str) -> None:
