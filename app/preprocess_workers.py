@@ -61,6 +61,13 @@ _STARTED = "started"  # a worker's acknowledgement that it has taken a task
 
 DECODER_NICENESS = 10
 
+# How often a waiting batch looks at its workers' CPU time.
+POLL_S = 0.02
+# A worker may take this many times its CPU limit in wall time on one image (one that is
+# stuck without using the CPU is stopped too).
+WALL_CLOCK_FACTOR = 10
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
 try:
     _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
 except OSError:  # not glibc: no malloc_trim, no prctl
@@ -78,9 +85,12 @@ class WorkerLimits:
     memory_bytes: int = 512 * 2**20
     """Address space a worker may add to what it has when it starts."""
     timeout_s: float = 1.0
-    """Longest a worker may spend on one image."""
-    request_timeout_s: float = 1.5
-    """Longest the workers may spend on all the images of one request."""
+    """Most CPU seconds a worker may spend on one image."""
+    request_timeout_s: float = 1.0
+    """Most CPU seconds the workers may spend on all the images of one request, or
+    `image_allowance_s` per image if that is more (a batch of 250 small photos takes about
+    2 s; 39 crafted TIFFs of 0.3 s each were a hostile 12)."""
+    image_allowance_s: float = 0.025
     queue_timeout_s: float = 2.0
     """Longest a request may wait for a free worker before it is refused (503)."""
 
@@ -96,9 +106,17 @@ class _Task:
 @dataclasses.dataclass
 class _Running:
     task: _Task
-    deadline: float
+    task_cpu: float         # the worker's CPU seconds when it was handed the task
+    image_wall: float       # time.monotonic() when its current image began
+    image_cpu: float = 0.0  # its CPU seconds then
     started: bool = False
     done: int = 0           # images answered so far
+
+    def __post_init__(self) -> None:
+        self.image_cpu = self.task_cpu
+
+    def image_started(self, cpu: float) -> None:
+        self.image_cpu, self.image_wall = cpu, time.monotonic()
 
 
 class DecoderPool:
@@ -153,19 +171,22 @@ class DecoderPool:
     def run(self, tasks: list[_Task]) -> list[list[np.ndarray | ImageError]]:
         """Each task's results, in order: a digit or the ImageError of each image.
 
-        The tasks are one request's: together they get `request_timeout_s` from the moment
-        the first is handed to a worker, and each image `timeout_s`.
+        The tasks are one request's. Their limits are CPU time, not wall time, so that
+        workers starved by a busy machine (they run at a lower priority) are not taken for
+        expensive images: each image gets `timeout_s` of CPU, all of them together
+        `request_timeout_s`; and each image WALL_CLOCK_FACTOR times `timeout_s` of wall
+        time, for a worker stuck without using the CPU.
         """
         results: list[list] = [[None] * len(task.blobs) for task in tasks]
         by_task = {id(task): answer for task, answer in zip(tasks, results, strict=True)}
         waiting = collections.deque(tasks)
         running: dict[_Worker, _Running] = {}
         queued_until = time.monotonic() + self.limits.queue_timeout_s
-        give_up = None  # when the request's time is up, once it has started
+        spent = 0.0  # CPU seconds of this request's finished tasks
+        budget = max(self.limits.request_timeout_s,
+                     self.limits.image_allowance_s * sum(len(task.blobs) for task in tasks))
         try:
             while waiting or running:
-                if give_up is not None and time.monotonic() >= give_up:
-                    self._fail_waiting(waiting, by_task, self._out_of_time())
                 while waiting:
                     worker = self._checkout(None if running else queued_until)
                     if worker is None:
@@ -178,30 +199,28 @@ class DecoderPool:
                         self._replace(worker, "crashed", "while idle")
                         waiting.appendleft(task)
                         continue
-                    if give_up is None:
-                        give_up = time.monotonic() + self.limits.request_timeout_s
-                    running[worker] = _Running(task, self._deadline(give_up))
+                    running[worker] = _Running(task, worker.cpu_seconds(), time.monotonic())
                 if running:
-                    self._collect(running, waiting, by_task, give_up)
+                    spent += self._collect(running, waiting, by_task, spent, budget)
+                    if spent > budget:
+                        self._fail_waiting(waiting, by_task, self._out_of_time(budget))
         finally:
             for worker in running:  # only if this thread itself was interrupted
                 self._replace(worker, "crashed", "abandoned by its batch")
         return results
 
-    def _deadline(self, give_up: float) -> float:
-        return min(time.monotonic() + self.limits.timeout_s, give_up)
-
-    def _out_of_time(self) -> ImageTooLarge:
-        return ImageTooLarge(f"The request's images took over "
-                             f"{self.limits.request_timeout_s:g} s to decode; send fewer or "
-                             "smaller images.")
+    @staticmethod
+    def _out_of_time(budget: float) -> ImageTooLarge:
+        return ImageTooLarge(f"The request's images took over {budget:g} s of CPU to decode; "
+                             "send fewer or smaller images.")
 
     def _collect(self, running: dict[_Worker, _Running], waiting: collections.deque,
-                 by_task: dict[int, list], give_up: float) -> None:
-        """Wait for the next messages (or the nearest deadline) and act on them."""
-        nearest = min(state.deadline for state in running.values())
+                 by_task: dict[int, list], spent: float, budget: float) -> float:
+        """Wait for the next messages (or the next look at the clocks) and act on them;
+        returns the CPU seconds of the tasks that ended."""
+        ended = 0.0
         by_conn = {worker.conn: worker for worker in running}
-        for conn in wait(list(by_conn), timeout=max(0.0, nearest - time.monotonic())):
+        for conn in wait(list(by_conn), timeout=POLL_S):
             worker = by_conn[conn]
             state = running[worker]
             try:
@@ -218,31 +237,44 @@ class DecoderPool:
                     self._replace(worker, "crashed", self._fail(state, by_task, ImageError(
                         "The decoder crashed on this image; it is corrupt or malicious.")))
                 continue
-            state.deadline = self._deadline(give_up)
+            state.image_started(worker.cpu_seconds())
             if isinstance(message, str):  # _STARTED
                 state.started = True
             else:
                 by_task[id(state.task)][state.done] = message
                 state.done += 1
             if state.started and state.done == len(state.task.blobs):
+                ended += worker.cpu_seconds() - state.task_cpu
                 del running[worker]
                 self._idle.put(worker)
+        return ended + self._enforce_limits(running, waiting, by_task, spent + ended, budget)
+
+    def _enforce_limits(self, running: dict[_Worker, _Running], waiting: collections.deque,
+                        by_task: dict[int, list], spent: float, budget: float) -> float:
+        """Stop the workers over a limit; returns the CPU seconds their tasks had used."""
         now = time.monotonic()
+        cpu = {worker: worker.cpu_seconds() for worker in running}
+        request_cpu = spent + sum(cpu[w] - state.task_cpu for w, state in running.items())
+        used = 0.0
         for worker, state in list(running.items()):
-            if state.deadline > now:
+            if request_cpu > budget:
+                error = self._out_of_time(budget)
+            elif (cpu[worker] - state.image_cpu > self.limits.timeout_s
+                  or now - state.image_wall > WALL_CLOCK_FACTOR * self.limits.timeout_s):
+                if not state.started and not state.task.retried:  # it never took the task
+                    del running[worker]
+                    self._replace(worker, "timeout", "before taking its task")
+                    state.task.retried = True
+                    waiting.appendleft(state.task)
+                    continue
+                error = ImageTooLarge(f"The image took over {self.limits.timeout_s:g} s of "
+                                      "CPU to decode.")
+            else:
                 continue
             del running[worker]
-            if now >= give_up:
-                error = self._out_of_time()
-            elif not state.started and not state.task.retried:  # it never took the task
-                self._replace(worker, "timeout", "before taking its task")
-                state.task.retried = True
-                waiting.appendleft(state.task)
-                continue
-            else:
-                error = ImageTooLarge(f"The image took over {self.limits.timeout_s:g} s to "
-                                      "decode.")
+            used += cpu[worker] - state.task_cpu
             self._replace(worker, "timeout", self._fail(state, by_task, error))
+        return used
 
     @staticmethod
     def _fail_waiting(waiting: collections.deque, by_task: dict[int, list],
@@ -297,6 +329,15 @@ class _Worker:
                                        name="digits-decoder", daemon=True)
         self.process.start()
         child_conn.close()  # else its death would never show as end-of-file here
+
+    def cpu_seconds(self) -> float:
+        """CPU time the worker has used (user and system), from /proc."""
+        try:
+            with open(f"/proc/{self.process.pid}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
     def send(self, blobs: list[bytes]) -> bool:
         """Hand over a task; False if the worker is already gone."""

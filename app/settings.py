@@ -35,9 +35,11 @@ class Settings(BaseSettings):
     max_request_pixels: int = Field(
         100_000_000, gt=0, description="Most pixels all the images of one request may add up to.")
     decode_timeout_ms: int = Field(
-        1000, gt=0, description="Longest a decoder process may spend on one image.")
+        1000, gt=0, description="Most CPU time a decoder process may spend on one image "
+        "(and ten times that in wall time).")
     decode_request_timeout_ms: int = Field(
-        1500, gt=0, description="Longest the decoder processes may spend on one request.")
+        1000, gt=0, description="Most CPU time the decoder processes may spend on all the "
+        "images of one request, or 25 ms per image if that is more.")
     decoder_memory_megabytes: int = Field(
         512, gt=0, description="Address space a decoder process may add to its own (RLIMIT_AS).")
     max_batch_size: int = Field(128, gt=0, description="Most images in one model call.")

@@ -13,6 +13,15 @@ from tests.hostile.inputs import Hostile, digit_png
 from tests.servers import decoder_processes, resident_mib, status_mib
 
 
+def slowdown(cpu_seconds: float = 0.2) -> float:
+    """How many times longer than its CPU time a busy loop takes here now: 1 on a quiet
+    machine, more when other work holds the cores (the time limits scale with it)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    while time.process_time() - cpu < cpu_seconds:
+        pass
+    return max(1.0, (time.perf_counter() - wall) / (time.process_time() - cpu))
+
+
 def send_raw(base: str, data: bytes, timeout: float = 10) -> int | None:
     """Send one request's exact bytes; its status, or None if the server closed on it."""
     host, port = base.removeprefix("http://").split(":")

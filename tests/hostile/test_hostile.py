@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.hostile.inputs import cases, digit_png, multipart
-from tests.hostile.probe import attack, neighbour
+from tests.hostile.probe import attack, neighbour, slowdown
 from tests.servers import decoder_processes, resident_mib, start_server
 
 SECONDS = 2.0
@@ -32,13 +32,16 @@ def server(tiny_model_dir):
 
 @pytest.mark.parametrize("hostile", cases(), ids=lambda hostile: hostile.name)
 def test_a_hostile_request_is_refused_cheaply_and_alone(server, hostile):
+    # The promise is for a machine doing nothing else; when other work holds the cores
+    # (CI's neighbours, a stress run), the time limits stretch by as much as a busy loop does.
+    stretch = slowdown()
     result = attack(server, hostile)
     assert result["status"] in hostile.expect or result["status"] is None, result
-    assert result["seconds"] < SECONDS, result
+    assert result["seconds"] < SECONDS * stretch, (result, stretch)
     assert max(result["growth"].values()) < GROWTH_MIB, result
     assert result["neighbour"] is not None, result
     status, seconds = result["neighbour"]
-    assert status == 200 and seconds < NEIGHBOUR_SECONDS, result
+    assert status == 200 and seconds < NEIGHBOUR_SECONDS * stretch, (result, stretch)
 
 
 def test_filenames_of_megabytes_leave_no_memory_behind(server):
