@@ -87,10 +87,12 @@ class WorkerLimits:
     timeout_s: float = 1.0
     """Most CPU seconds a worker may spend on one image."""
     request_timeout_s: float = 1.0
-    """Most CPU seconds the workers may spend on all the images of one request, or
-    `image_allowance_s` per image if that is more (a batch of 250 small photos takes about
-    2 s; 39 crafted TIFFs of 0.3 s each were a hostile 12)."""
-    image_allowance_s: float = 0.025
+    """Most CPU seconds the workers may spend on all the images of one request, or what
+    its images are allowed by their size if that is more: 10 ms each and 0.1 µs per pixel
+    (250 photos of a few hundred thousand pixels need 2 to 3 s; 39 crafted 65,536-pixel
+    TIFFs costing 0.3 s each were a hostile 12 s, and are allowed 0.6)."""
+    image_allowance_s: float = 0.01
+    pixel_allowance_s: float = 1e-7
     queue_timeout_s: float = 2.0
     """Longest a request may wait for a free worker before it is refused (503)."""
 
@@ -100,6 +102,7 @@ class _Task:
     request: int            # which request of the batch
     positions: list[int]    # which of its images
     blobs: list[bytes]
+    pixels: int = 0         # their headers' pixels, together
     retried: bool = False   # sent again after a worker died before taking it
 
 
@@ -183,8 +186,9 @@ class DecoderPool:
         running: dict[_Worker, _Running] = {}
         queued_until = time.monotonic() + self.limits.queue_timeout_s
         spent = 0.0  # CPU seconds of this request's finished tasks
-        budget = max(self.limits.request_timeout_s,
-                     self.limits.image_allowance_s * sum(len(task.blobs) for task in tasks))
+        budget = max(self.limits.request_timeout_s, sum(
+            self.limits.image_allowance_s * len(task.blobs)
+            + self.limits.pixel_allowance_s * task.pixels for task in tasks))
         try:
             while waiting or running:
                 while waiting:
@@ -509,7 +513,7 @@ class PreprocessWorkers:
     def _route(self, r: int, uploads: list[Upload], answers: list, here: list,
                elsewhere: list[list[_Task]]) -> None:
         """Inspect one request's images; queue them here or for the workers, or fail it."""
-        local, pooled, pixels = [], [], 0
+        local, pooled, pixels, pixel_counts = [], [], 0, {}
         for i, upload in enumerate(uploads):
             try:
                 header = upload.header or inspect(upload.data, self.decode_limits)
@@ -517,6 +521,7 @@ class PreprocessWorkers:
                 answers[i] = error
                 return  # the request fails on this image; decode none of it
             pixels += header.pixels
+            pixel_counts[i] = header.pixels
             if pixels > self.max_request_pixels:
                 answers[i] = ImageTooLarge(
                     f"The request's images add up to over {self.max_request_pixels:,} pixels "
@@ -531,7 +536,8 @@ class PreprocessWorkers:
             return
         # A request's images are split over the workers, never mixed with another's.
         parts = min(len(pooled), self.pool.limits.processes)
-        elsewhere.append([_Task(r, positions, [uploads[i].data for i in positions])
+        elsewhere.append([_Task(r, positions, [uploads[i].data for i in positions],
+                                sum(pixel_counts[i] for i in positions))
                           for positions in (chunk.tolist() for chunk in
                                             np.array_split(np.array(pooled), parts))])
 

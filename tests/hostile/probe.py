@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -13,13 +15,17 @@ from tests.hostile.inputs import Hostile, digit_png
 from tests.servers import decoder_processes, resident_mib, status_mib
 
 
-def slowdown(cpu_seconds: float = 0.2) -> float:
-    """How many times longer than its CPU time a busy loop takes here now: 1 on a quiet
-    machine, more when other work holds the cores (the time limits scale with it)."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    while time.process_time() - cpu < cpu_seconds:
-        pass
-    return max(1.0, (time.perf_counter() - wall) / (time.process_time() - cpu))
+def slowdown(cpu_seconds: float = 0.2, niceness: int = 0) -> float:
+    """How many times longer than its CPU time a busy loop at `niceness` takes here now: 1
+    on a quiet machine, more when other work holds the cores (time limits stretch by it).
+    The decoder processes run at nice 10, and are slowed far more than the server."""
+    probe = (f"import os, time; os.nice({niceness}); "
+             "w, c = time.perf_counter(), time.process_time()\n"
+             f"while time.process_time() - c < {cpu_seconds}: pass\n"
+             "print((time.perf_counter() - w) / (time.process_time() - c))")
+    ratio = float(subprocess.run([sys.executable, "-c", probe], capture_output=True,
+                                 text=True, check=True).stdout)
+    return max(1.0, ratio)
 
 
 def send_raw(base: str, data: bytes, timeout: float = 10) -> int | None:
