@@ -36,6 +36,7 @@ def serve(stage: str, port: int) -> None:
 
         inspect = workers.inspect
         workers.inspect = lambda *args: dataclasses.replace(inspect(*args), simple=False)
+        workers.inspect_simple = lambda *args: None
     elif stage == "route only":
         async def parse_and_answer(request, style, debug):
             settings = request.state.settings
