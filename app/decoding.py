@@ -49,7 +49,7 @@ MAX_JPEG_SCANS = 64            # progressive encoders write about 10; each scan 
 #                                every coefficient, so a few thousand cost minutes
 MAX_GIF_BLOCKS = 10_000        # extension sub-blocks before the first frame
 MAX_TIFF_ENTRIES = 1_000       # tags in the first directory
-MAX_TIFF_STRIPS = 65_536       # Pillow keeps a Python tuple per strip or tile
+MAX_TIFF_STRIPS = 8_192        # Pillow handles each strip or tile in Python (5 µs each)
 
 
 class ImageError(ValueError):

@@ -88,11 +88,11 @@ class WorkerLimits:
     """Most CPU seconds a worker may spend on one image."""
     request_timeout_s: float = 1.0
     """Most CPU seconds the workers may spend on all the images of one request, or what
-    its images are allowed by their size if that is more: 10 ms each and 0.1 µs per pixel
-    (250 photos of a few hundred thousand pixels need 2 to 3 s; 39 crafted 65,536-pixel
-    TIFFs costing 0.3 s each were a hostile 12 s, and are allowed 0.6)."""
-    image_allowance_s: float = 0.01
-    pixel_allowance_s: float = 1e-7
+    its images are allowed by their size if that is more: 30 ms each and 0.3 µs per pixel
+    (250 photos of a hundred thousand pixels need about 2 s, twice that when the cores are
+    shared; 39 crafted TIFFs costing 0.3 s each were a hostile 12 s)."""
+    image_allowance_s: float = 0.03
+    pixel_allowance_s: float = 3e-7
     queue_timeout_s: float = 2.0
     """Longest a request may wait for a free worker before it is refused (503)."""
 

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     decode_request_timeout_ms: int = Field(
         1000, gt=0, description="Most CPU time the decoder processes may spend on all the "
         "images of one request, or what its images are allowed by their size if that is more "
-        "(10 ms each and 0.1 µs per pixel).")
+        "(30 ms each and 0.3 µs per pixel).")
     decoder_memory_megabytes: int = Field(
         512, gt=0, description="Address space a decoder process may add to its own (RLIMIT_AS).")
     max_batch_size: int = Field(128, gt=0, description="Most images in one model call.")
