@@ -84,43 +84,53 @@ def cpu_seconds(pid: int) -> float:
 
 def test_a_worker_killed_mid_image_costs_the_server_nothing(server):
     # A photo-sized image keeps a worker busy for a while; kill whichever worker is seen
-    # working on it. Its request is answered 400; the image is never decoded again here.
+    # working. Its request is answered 400, and the image is never decoded again here. On
+    # a loaded machine the worker seen working may be a replacement still starting up, and
+    # the image then decodes fine: up to three tries.
     from PIL import Image
 
     from tests.hostile.inputs import encode
 
     process, base = server
-    noise = Image.effect_noise((2500, 2500), 80).convert("RGB")
-    photo = encode(noise, "PNG", compress_level=1)
+    photo = encode(Image.effect_noise((2500, 2500), 80).convert("RGB"), "PNG",
+                   compress_level=1)
     assert len(photo) < 10_000_000
+    for _ in range(3):
+        answer, killed, server_cpu, restarts_added = kill_the_busy_worker(process, base, photo)
+        if answer.status_code == 400:
+            break
+    assert killed, "no worker was seen decoding the image"
+    assert answer.status_code == 400 and "crashed" in answer.json()["detail"], answer.text
+    # The server parsed and routed the request; decoding it would have taken seconds.
+    assert server_cpu < 0.5
+    assert restarts_added == 1
+    neighbours: list = []
+    neighbour(base, neighbours)
+    assert neighbours[0][0] == 200
+    assert len(decoder_processes(process.pid)) == 2
+
+
+def kill_the_busy_worker(process, base: str, photo: bytes):
     workers = decoder_processes(process.pid)
     restarts_before = restarts(base)
     busy_before = {pid: cpu_seconds(pid) for pid in workers}
     server_before = cpu_seconds(process.pid)
     answers: list = []
     request = threading.Thread(target=lambda: answers.append(httpx.post(
-        f"{base}/predict", content=photo, headers={"content-type": "image/png"}, timeout=30)))
+        f"{base}/predict", content=photo, headers={"content-type": "image/png"}, timeout=60)))
     request.start()
     killed = None
-    deadline = time.monotonic() + 10
-    while killed is None and time.monotonic() < deadline:
+    deadline = time.monotonic() + 20
+    while killed is None and time.monotonic() < deadline and request.is_alive():
         for pid in workers:
             if cpu_seconds(pid) - busy_before[pid] > 0.03:
                 os.kill(pid, signal.SIGKILL)
                 killed = pid
                 break
         time.sleep(0.002)
-    request.join(timeout=30)
-    assert killed is not None, "no worker was seen decoding the image"
-    assert answers and answers[0].status_code == 400, answers
-    assert "crashed" in answers[0].json()["detail"]
-    # The server parsed and routed the request; decoding it would have taken seconds.
-    assert cpu_seconds(process.pid) - server_before < 0.5
-    neighbours: list = []
-    neighbour(base, neighbours)
-    assert neighbours[0][0] == 200
-    assert len(decoder_processes(process.pid)) == 2
-    assert restarts(base) == restarts_before + 1
+    request.join(timeout=60)
+    return (answers[0], killed, cpu_seconds(process.pid) - server_before,
+            restarts(base) - restarts_before)
 
 
 def restarts(base: str) -> float:
