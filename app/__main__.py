@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
+    from app.connections import ConnectionLimits, protocol_for
     from app.main import configure_logging, create_app
     from app.settings import Settings
 
@@ -31,7 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()  # validated, like the rest of the environment
     options = dict(
         host=args.host, port=args.port, log_level=settings.log_level,
-        loop="uvloop", http="httptools",
+        loop="uvloop", http=protocol_for(ConnectionLimits(
+            header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s,
+            max_header_bytes=settings.max_header_bytes,
+            max_connections=settings.max_connections)),
         access_log=False,  # the app logs each request itself, with its model and image count
         timeout_graceful_shutdown=30,
     )

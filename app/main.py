@@ -90,7 +90,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, error: UploadError) -> JSONResponse:
-        return JSONResponse(status_code=error.status_code, content={"detail": error.detail})
+        # After a 408 the rest of a slow body is not worth waiting for.
+        headers = {"Connection": "close"} if error.status_code == 408 else None
+        return JSONResponse(status_code=error.status_code, content={"detail": error.detail},
+                            headers=headers)
 
     @app.exception_handler(ClientGone)
     async def client_gone(request: Request, error: ClientGone) -> Response:

@@ -21,6 +21,7 @@ ERROR_MEANINGS = {
     400: "An image that can't be used (undecodable, truncated, blank, crashed its decoder), "
          "bad base64, malformed multipart or JSON; says which image.",
     404: "Unknown model style (the detail lists them), or no such path.",
+    408: "The request body took over DIGITS_BODY_TIMEOUT_S to arrive; the connection closes.",
     413: "Body, image count, pixels, decoding memory or time over the configured limits.",
     415: "Unsupported Content-Type, or an image format outside PNG, JPEG, WebP, GIF, BMP, TIFF.",
     503: "The model can't serve (failed to load), or its queue is full (see Retry-After).",

@@ -56,6 +56,17 @@ class Settings(BaseSettings):
         "everything in the server process, without memory or time limits (not for production).")
     cpu_threads: int = Field(0, ge=0, description="TensorFlow CPU threads per server process; "
                              "0: this machine's cores divided by the server processes.")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Longest a request's line and headers may take to arrive "
+        "(408), and a new connection to send its first byte (closed).")
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="Longest a request body may take to arrive (408); also how "
+        "long the rest of a body answered early may drain before the connection closes.")
+    max_header_bytes: int = Field(
+        32 * 1024, gt=0, description="Largest request line and headers, together (431).")
+    max_connections: int = Field(
+        1000, gt=0, description="Open connections per server process; past it a new one "
+        "gets 503 and is closed.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     access_log: bool = Field(True, description="One JSON log line per request.")
     host: str = Field("127.0.0.1", description="Bind address for `python -m app`.")

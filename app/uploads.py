@@ -6,6 +6,7 @@ image (`image/*` or `application/octet-stream`), or JSON `{"images": ["<base64>"
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import dataclasses
 import functools
@@ -73,7 +74,8 @@ class Base64Images(BaseModel):
     images: list[str] = Field(min_length=1, description="Base64 images; data: URLs accepted.")
 
 
-async def read_uploads(request: Request, max_bytes: int, max_images: int) -> list[Upload]:
+async def read_uploads(request: Request, max_bytes: int, max_images: int,
+                       timeout_s: float = 60.0) -> list[Upload]:
     media_type, options = parse_options_header(request.headers.get("content-type", ""))
     media_type = media_type.decode("latin-1").lower()
     if not media_type:
@@ -85,7 +87,7 @@ async def read_uploads(request: Request, max_bytes: int, max_images: int) -> lis
     if media_type == "multipart/form-data" and not 0 < len(boundary or b"") <= 70:
         raise UploadError(400, "multipart/form-data needs a boundary parameter of 1 to 70 "
                                "characters.")
-    body = await read_body(request, max_bytes)
+    body = await read_body(request, max_bytes, timeout_s)
     if len(body) >= PARSE_IN_THREAD_BYTES:
         return await run_in_threadpool(parse_body, body, media_type, boundary, max_images)
     return parse_body(body, media_type, boundary, max_images)
@@ -104,20 +106,25 @@ def parse_body(body: bytes, media_type: str, boundary: bytes | None,
     return uploads
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `max_bytes`."""
+async def read_body(request: Request, max_bytes: int, timeout_s: float = 60.0) -> bytes:
+    """The request body, refused with 413 as soon as it passes `max_bytes`, and with 408 if
+    it takes over `timeout_s` to arrive (a client trickling bytes holds a connection)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise UploadError(413, _too_large(int(declared), max_bytes))
     chunks, size = [], 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
-                raise UploadError(413, _too_large(size, max_bytes, at_least=True))
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise UploadError(413, _too_large(size, max_bytes, at_least=True))
+                chunks.append(chunk)
     except ClientDisconnect as error:
         raise ClientGone(f"the client went away after {size:,} bytes") from error
+    except TimeoutError as error:
+        raise UploadError(408, f"The body took over {timeout_s:g} s to arrive ({size:,} bytes "
+                               "by then; DIGITS_BODY_TIMEOUT_S).") from error
     return b"".join(chunks)
 
 

@@ -7,6 +7,7 @@ load comes from 64 keep-alive connections of a small asyncio HTTP/1.1 client (a 
 loop: each connection sends its next request when the last is answered).
 
     python -m bench.soak [--seconds 60] [--clients 64] [--hostile 0.05] [--out bench/results]
+    python -m bench.soak --only json-base64-of-whitespace --seconds 15   # one input's share
 
 Targets: valid requests' p99 within 2x the clean run's, no valid request failed, and the
 service's memory (all its processes) at the end within 10% of what it was at the start of
@@ -113,6 +114,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--hostile", type=float, default=0.05)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--only", nargs="+", metavar="INPUT",
+                        help="draw the hostile requests from these inputs only (a diagnosis: "
+                             "which of them costs valid requests their latency)")
     args = parser.parse_args()
 
     host = f"{HOST}:0"
@@ -121,10 +125,14 @@ def main() -> None:
              + b"\r\nContent-Type: multipart/form-data; boundary=digit-bench-boundary\r\n"
              + f"Content-Length: {len(body)}\r\n\r\n".encode() + body for body in valid]
     print("generating the hostile requests…", flush=True)
-    hostile = [(case.name, case.request(host)) for case in cases()]
+    hostile = [(case.name, case.request(host)) for case in cases()
+               if not args.only or case.name in args.only]
+    if not hostile:
+        parser.error(f"no hostile input named {args.only}")
     result: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     "seconds": args.seconds, "clients": args.clients,
-                    "hostile_share": args.hostile, "server_processes": WORKERS}
+                    "hostile_share": args.hostile, "server_processes": WORKERS,
+                    "hostile_inputs": sorted({name for name, _ in hostile})}
     with server([sys.executable, "-m", "app", "--port", "{port}", "--workers", str(WORKERS)],
                 "/readyz", env={"DIGITS_LOG_LEVEL": "error", "DIGITS_ACCESS_LOG": "false"},
                 processes=WORKERS) as (base, process, _):
@@ -140,7 +148,9 @@ def main() -> None:
         time.sleep(2)  # let the last replaced decoder start
         result["rss_mb_end"] = rss_mb(process.pid)
     result["targets"] = targets(result)
-    write(result, args.out)
+    print(report(result))
+    if not args.only:  # a diagnosis is printed, never filed as the soak's result
+        write(result, args.out)
 
 
 def targets(r: dict) -> list[dict]:
@@ -159,13 +169,17 @@ def write(r: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"soak-{r['date'][:10]}"
     stem.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(report(r))
+
+
+def report(r: dict) -> str:
     clean, hostile = r["clean"], r["hostile"]
     lines = [
         f"# Soak {r['date']}", "",
         f"{r['seconds']:.0f} s per run at {r['clients']} keep-alive connections against "
         f"`python -m app --workers {r['server_processes']}`; in the hostile run each request "
-        f"is one of the {len(cases())} hostile inputs of `tests/hostile/inputs.py` with "
-        f"probability {r['hostile_share']:.0%}. Reproduce: `make soak`.", "",
+        f"is one of the {len(r['hostile_inputs'])} hostile inputs of `tests/hostile/inputs.py` "
+        f"with probability {r['hostile_share']:.0%}. Reproduce: `make soak`.", "",
         "| run | valid req/s | valid p50 ms | valid p99 ms | valid failed | hostile sent | "
         "hostile answers | slowest hostile s |",
         "|---|---:|---:|---:|---:|---:|---|---:|",
@@ -181,9 +195,7 @@ def write(r: dict, out_dir: Path) -> None:
     for t in r["targets"]:
         lines.append(f"| {t['target']} | {t['measured']:.2f} | at most {t['goal']} | "
                      f"{'yes' if t['met'] else 'NO'} |")
-    text = "\n".join(lines) + "\n"
-    stem.with_suffix(".md").write_text(text)
-    print(text)
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

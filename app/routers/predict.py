@@ -30,7 +30,7 @@ REQUEST_BODY = {
     }
 }
 
-PREDICT_ERRORS = error_responses(400, 404, 413, 415, 503)
+PREDICT_ERRORS = error_responses(400, 404, 408, 413, 415, 503)
 
 DebugQuery = Query(False, description="Add the 28x28 image each model saw (base64 PNG).")
 
@@ -59,7 +59,7 @@ async def _predict(request: Request, style: Style, debug: bool) -> Response:
     request.state.model = style.value
     model = service.registry.get(style)  # fails before the body is read
     uploads = await read_uploads(request, settings.max_upload_bytes,
-                                 settings.max_images_per_request)
+                                 settings.max_images_per_request, settings.body_timeout_s)
     request.state.images = len(uploads)
     answer = await service.predict(model, uploads, debug)
     # Serialised by pydantic-core straight to JSON bytes: this is the hot path.

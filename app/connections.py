@@ -1,0 +1,132 @@
+"""Limits on each HTTP connection, which uvicorn's httptools protocol does not set.
+
+A public HTTP service usually gets these from its front proxy (nginx's
+`client_header_timeout`, `large_client_header_buffers`, `worker_connections`). `docker
+compose up` exposes this service directly, so it sets them itself:
+
+- **headers**: a request's line and headers must arrive within `header_timeout_s` (else 408,
+  or a silent close for a connection that never sent a byte) and within `max_header_bytes`
+  (else 431). The size is checked before the parser sees the bytes, because httptools
+  buffers each header whole before handing it over: a 100 MB header would be 100 MB here.
+- **bodies**: the app times the body it reads (`app.uploads.read_body` answers 408). A body
+  still arriving after its answer (an early 413, a route that ignores bodies) may drain for
+  `body_timeout_s`, then the connection closes: otherwise each byte would restart uvicorn's
+  keep-alive timer and a trickle could hold the connection for ever.
+- **connections**: past `max_connections` open in one process, a new connection gets a 503
+  and is closed, before it costs a parser or a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+logger = logging.getLogger("digits.connections")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionLimits:
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    max_header_bytes: int = 32 * 1024
+    max_connections: int = 1000
+
+
+def protocol_for(limits: ConnectionLimits):
+    """What uvicorn.Config(http=...) takes: builds a limited protocol per connection."""
+    return functools.partial(LimitedHttpProtocol, limits=limits)
+
+
+class LimitedHttpProtocol(HttpToolsProtocol):
+    def __init__(self, *args, limits: ConnectionLimits, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.limits = limits
+        self.reading_headers = True  # until the current request's headers are complete
+        self.header_bytes = 0  # of the current request's line and headers, so far
+        self.deadline: asyncio.TimerHandle | None = None  # for its headers, or a body drain
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self.refuse(503, f"This server process has {self.limits.max_connections:,} "
+                             "connections open; retry shortly.", b"retry-after: 1\r\n")
+            return
+        self.arm(self.limits.header_timeout_s, self.headers_too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        while self.reading_headers and data:
+            room = self.limits.max_header_bytes - self.header_bytes
+            if room <= 0:
+                self.refuse(431, f"The request line and headers are over "
+                                 f"{self.limits.max_header_bytes:,} bytes.")
+                return
+            piece, data = data[:room], data[room:]  # no copy when it all fits
+            self.header_bytes += len(piece)
+            super().data_received(piece)
+            if self.transport.is_closing():
+                return
+        if data:
+            super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self.deadline is None:  # the first request's clock started at the connection
+            self.arm(self.limits.header_timeout_s, self.headers_too_slow)
+
+    def on_headers_complete(self) -> None:
+        self.reading_headers = False
+        self.disarm()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.reading_headers, self.header_bytes = True, 0
+        self.disarm()
+
+    def on_response_complete(self) -> None:
+        answered = self.cycle
+        super().on_response_complete()
+        if answered.more_body and not self.transport.is_closing():
+            self.arm(self.limits.body_timeout_s, self.transport.close)
+
+    def headers_too_slow(self) -> None:
+        self.deadline = None
+        if self.header_bytes == 0 and self.cycle is None:
+            self.transport.close()  # connected and said nothing: no request to answer
+        else:
+            self.refuse(408, f"The request's headers took over {self.limits.header_timeout_s:g} "
+                             "s to arrive.")
+
+    def refuse(self, status: int, message: str, extra_headers: bytes = b"") -> None:
+        """Answer `status` and close, from the protocol: no request of this connection has
+        reached the app, or the one that has is left to finish on its own."""
+        client = "{}:{}".format(*self.client) if self.client else "?"
+        logger.info("%s: refused with %d: %s", client, status, message)
+        if self.cycle is None or self.cycle.response_complete:
+            body = message.encode()
+            self.transport.write(
+                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                b"content-length: %d\r\nconnection: close\r\n%s\r\n%s"
+                % (status, REASONS[status], len(body), extra_headers, body))
+        self.transport.close()
+
+    def arm(self, seconds: float, callback) -> None:
+        self.disarm()
+        self.deadline = self.loop.call_later(seconds, callback)
+
+    def disarm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+
+REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large",
+           503: b"Service Unavailable"}

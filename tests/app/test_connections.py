@@ -1,0 +1,190 @@
+"""Slow and oversized clients against a real `python -m app`, over raw sockets.
+
+The server runs with short limits (1 s for headers, 2 s for bodies) so that each case
+takes a few seconds; every wait below is on a condition (an answer, a closed socket) with
+a generous deadline, and valid requests are sent meanwhile.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.images import draw_one, encode
+from tests.servers import resident_mib, start_server
+
+HEADER_TIMEOUT_S, BODY_TIMEOUT_S = 1, 2
+MAX_HEADER_BYTES, MAX_CONNECTIONS = 8192, 12
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir):
+    process, base = start_server(
+        tiny_model_dir, header_timeout_s=HEADER_TIMEOUT_S, body_timeout_s=BODY_TIMEOUT_S,
+        max_header_bytes=MAX_HEADER_BYTES, max_connections=MAX_CONNECTIONS,
+        preprocess_workers=1)
+    yield process, base
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def connect(base: str) -> socket.socket:
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (or resets it)."""
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+
+
+def trickle(sock: socket.socket, data: bytes, every_s: float, stop: threading.Event) -> None:
+    """Send `data` a byte at a time until it is all sent, the server hangs up, or `stop`."""
+    for byte in data:
+        if stop.wait(every_s):
+            return
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            return
+
+
+def valid_prediction(base: str) -> float:
+    started = time.perf_counter()
+    answer = httpx.post(f"{base}/predict", content=encode(draw_one()),
+                        headers={"content-type": "image/png"}, timeout=30)
+    assert answer.status_code == 200
+    return time.perf_counter() - started
+
+
+def test_headers_sent_a_byte_at_a_time_are_cut_with_408(server):
+    _, base = server
+    sock, stop = connect(base), threading.Event()
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000 + b"\r\n\r\n"
+    sender = threading.Thread(target=trickle, args=(sock, request, 0.05, stop))
+    started = time.monotonic()
+    sender.start()
+    try:
+        assert valid_prediction(base) < 1  # answered while the slow client trickles
+        answer = read_until_closed(sock)
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        sender.join()
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    # Cut at the header deadline: long before its 1,000+ bytes (50 s) were sent.
+    assert HEADER_TIMEOUT_S <= elapsed < HEADER_TIMEOUT_S + 10
+
+
+def test_a_connection_that_says_nothing_is_closed(server):
+    _, base = server
+    with connect(base) as sock:
+        started = time.monotonic()
+        assert read_until_closed(sock) == b""  # closed without an answer: nothing was asked
+        assert HEADER_TIMEOUT_S <= time.monotonic() - started < HEADER_TIMEOUT_S + 10
+
+
+def test_a_megabyte_of_headers_gets_431_before_it_is_buffered(server):
+    process, base = server
+    before = resident_mib(process.pid)
+    with connect(base) as sock:
+        head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "
+        try:
+            sock.sendall(head + b"a" * (1 << 20))
+        except OSError:
+            pass  # the server may hang up before the whole megabyte is sent
+        answer = read_until_closed(sock)
+    # The 431, or a reset if the server hung up while the client was still sending.
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431 ")
+    assert resident_mib(process.pid) - before < 20
+    assert valid_prediction(base) < 1
+
+
+def test_headers_just_under_the_limit_are_served(server):
+    _, base = server
+    filler = "a" * (MAX_HEADER_BYTES - 500)
+    answer = httpx.get(f"{base}/healthz", headers={"x-filler": filler}, timeout=30)
+    assert answer.status_code == 200
+
+
+def test_a_body_sent_a_byte_at_a_time_gets_408_and_the_connection_closes(server):
+    _, base = server
+    sock, stop = connect(base), threading.Event()
+    body = encode(draw_one())
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body))
+    sender = threading.Thread(target=trickle, args=(sock, body, 0.05, stop))
+    started = time.monotonic()
+    sender.start()
+    try:
+        assert valid_prediction(base) < 1
+        answer = read_until_closed(sock)
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        sender.join()
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"DIGITS_BODY_TIMEOUT_S" in answer
+    assert BODY_TIMEOUT_S <= elapsed < BODY_TIMEOUT_S + 10
+
+
+def test_a_body_left_to_drain_after_its_answer_is_cut(server):
+    # /healthz answers at once and never reads the body: the trickle that follows may not
+    # keep the connection open (each byte would restart uvicorn's keep-alive timer).
+    _, base = server
+    sock, stop = connect(base), threading.Event()
+    sock.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+    sender = threading.Thread(target=trickle, args=(sock, b"x" * 100000, 0.05, stop))
+    started = time.monotonic()
+    sender.start()
+    try:
+        answer = read_until_closed(sock)
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        sender.join()
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 ")  # whatever /healthz says to a POST
+    assert elapsed < BODY_TIMEOUT_S + 10
+
+
+def test_connections_past_the_cap_get_503_and_the_service_recovers(server):
+    _, base = server
+    # A keep-alive request each, so that the header deadline doesn't close them meanwhile.
+    held = []
+    try:
+        for _ in range(MAX_CONNECTIONS * 2):
+            sock = connect(base)
+            held.append(sock)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answers = [sock.recv(4096) for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+    served = [a for a in answers if a.startswith(b"HTTP/1.1 200 ")]
+    refused = [a for a in answers if a.startswith(b"HTTP/1.1 503 ")]
+    assert len(served) + len(refused) == len(answers)
+    assert 0 < len(served) <= MAX_CONNECTIONS and refused
+    assert all(b"retry-after: 1" in a.lower() for a in refused)
+    deadline = time.monotonic() + 30
+    while True:  # until the closed ones are noticed and counted off
+        answer = httpx.post(f"{base}/predict", content=encode(draw_one()),
+                            headers={"content-type": "image/png"}, timeout=30)
+        if answer.status_code == 200:
+            break
+        assert answer.status_code == 503 and time.monotonic() < deadline
+        time.sleep(0.1)
