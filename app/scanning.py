@@ -26,3 +26,13 @@ def find_all(data: bytes, needle: bytes, limit: int) -> list[int]:
         else:
             start = stop - len(needle) + 1  # a match may straddle two windows
     return positions
+
+
+def count(data: bytes, byte: bytes) -> int:
+    """How many times the single byte `byte` occurs in `data`."""
+    return sum(data.count(byte, start, start + WINDOW) for start in range(0, len(data), WINDOW))
+
+
+def windows(start: int, end: int) -> list[tuple[int, int]]:
+    """[start, end) cut into windows, at least one (empty if start == end)."""
+    return [(at, min(end, at + WINDOW)) for at in range(start, end, WINDOW)] or [(start, end)]

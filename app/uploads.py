@@ -21,6 +21,7 @@ from python_multipart.multipart import parse_options_header as _parse_options_he
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from app import scanning
 from app.scanning import find_all
 
 if TYPE_CHECKING:
@@ -192,6 +193,14 @@ def _disposition(head: bytes) -> tuple[bytes | None, bytes | None]:
 MAX_JSON_BRACKETS = 16
 MAX_NON_ASCII_JSON_BYTES = 64 * 1024
 
+# json.loads and base64 decoding hold the interpreter lock from start to end: 40 to 80 ms
+# for a 9 MB body here, during which the process's event loop, and so every other request
+# of it, stands still. In a body this large the long strings (the images) are cut out
+# before json.loads sees it, and decoded a window at a time.
+LARGE_JSON_BYTES = 256 * 1024
+LONG_STRING_BYTES = 1024
+_CONTROL_BYTES = bytes(range(32))  # never raw inside a JSON string
+
 
 def parse_base64_json(body: bytes, max_images: int) -> list[Upload]:
     if len(body) > MAX_NON_ASCII_JSON_BYTES and not body.isascii():
@@ -199,13 +208,16 @@ def parse_base64_json(body: bytes, max_images: int) -> list[Upload]:
         # string (holding the interpreter lock all the while) to be refused afterwards.
         raise UploadError(400, f"A JSON body over {MAX_NON_ASCII_JSON_BYTES // 1024} KB must "
                                "be ASCII: base64 images are.")
-    if body.count(b"[") + body.count(b"{") > MAX_JSON_BRACKETS:
+    if scanning.count(body, b"[") + scanning.count(body, b"{") > MAX_JSON_BRACKETS:
         raise UploadError(400, 'The JSON body nests too many arrays or objects; send '
                                '{"images": ["<base64>", ...]}.')
-    if body.count(b",") > 2 * max_images + 16:
+    if scanning.count(body, b",") > 2 * max_images + 16:
         raise _too_many(max_images)
+    skeleton, long_strings = body, []
+    if len(body) >= LARGE_JSON_BYTES:
+        skeleton, long_strings = _cut_long_strings(body, max_images)
     try:
-        document = json.loads(body)
+        document = json.loads(skeleton)
     except (ValueError, RecursionError) as error:  # bad JSON, bad UTF-8, huge numbers
         raise UploadError(400, f"Body is not valid JSON: {str(error)[:200]}") from error
     images = document.get("images") if isinstance(document, dict) else None
@@ -218,30 +230,106 @@ def parse_base64_json(body: bytes, max_images: int) -> list[Upload]:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in problems[:MAX_REPORTED_PROBLEMS]]
         ) from error
-    return [Upload(f"images[{i}]", _decode_base64(text, f"images[{i}]"))
-            for i, text in enumerate(payload.images)]
+    uploads = []
+    for i, text in enumerate(payload.images):
+        label = f"images[{i}]"
+        # A placeholder (see _cut_long_strings): no client string can start with NUL
+        # when strings were cut, as that takes an escape, and a backslash stops the cutting.
+        if long_strings and text.startswith("\0"):
+            start, end = long_strings[int(text[1:])]
+            uploads.append(Upload(label, _decode_base64_in_windows(body, start, end, label)))
+        else:
+            uploads.append(Upload(label, _decode_base64(text, label)))
+    return uploads
+
+
+def _cut_long_strings(body: bytes, max_images: int) -> tuple[bytes, list[tuple[int, int]]]:
+    """`body` with each string of over LONG_STRING_BYTES replaced by a placeholder,
+    "\\u0000<n>", and where the n-th such string lies in `body`.
+
+    A body with a backslash is returned whole (an escaped quote can only be told from a
+    real one by parsing everything before it). Otherwise every quote delimits a string,
+    and one with a raw control character is invalid JSON here as it is for json.loads.
+    """
+    if scanning.count(body, b"\\"):
+        return body, []
+    limit = 8 * max_images + 128  # two strings per member; members are bounded by commas
+    quotes = find_all(body, b'"', limit)
+    if len(quotes) > limit:
+        raise _too_many(max_images)
+    if len(quotes) % 2:
+        raise UploadError(400, "Body is not valid JSON: a string is never closed.")
+    pieces, long_strings, copied_up_to = [], [], 0
+    for opening, closing in zip(quotes[::2], quotes[1::2], strict=True):
+        if closing - opening - 1 <= LONG_STRING_BYTES:
+            continue
+        for start, end in scanning.windows(opening + 1, closing):
+            window = body[start:end]
+            if len(window.translate(None, _CONTROL_BYTES)) != len(window):
+                raise UploadError(400, "Body is not valid JSON: a string holds a raw control "
+                                       "character (line breaks must be written \\n).")
+        pieces += [body[copied_up_to: opening + 1], b"\\u0000%d" % len(long_strings)]
+        long_strings.append((opening + 1, closing))
+        copied_up_to = closing
+    pieces.append(body[copied_up_to:])
+    return b"".join(pieces), long_strings
 
 
 def _decode_base64(text: str, label: str) -> bytes:
     if text.startswith("data:"):
         header, _, text = text.partition(",")
         if not header.endswith(";base64"):
-            raise UploadError(400, f"{label}: a data: URL must be base64 "
-                                   "(data:image/png;base64,...).")
+            raise _not_a_base64_url(label)
     try:
         encoded = text.encode("ascii")
     except UnicodeEncodeError as error:
         raise UploadError(400, f"{label} is not valid base64: it holds non-ASCII "
                                "characters.") from error
     # Line breaks and spaces are allowed (MIME wraps base64); dropped in one C call.
-    encoded = encoded.translate(None, b" \t\r\n")
+    return _decode_base64_end(encoded.translate(None, b" \t\r\n"), label)
+
+
+def _decode_base64_in_windows(body: bytes, start: int, end: int, label: str) -> bytes:
+    """The base64 string body[start:end] (ASCII, no control characters), decoded a
+    megabyte at a time, as strictly as `_decode_base64`."""
+    if body.startswith(b"data:", start, end):
+        comma = body.find(b",", start, min(end, start + 256))
+        if comma < 0 or not body[start:comma].endswith(b";base64"):
+            raise _not_a_base64_url(label)
+        start = comma + 1
+    decoded, carry, before = [], b"", 0
+    spans = scanning.windows(start, end)
+    for window_start, window_end in spans[:-1]:
+        encoded = carry + body[window_start:window_end].translate(None, b" ")
+        whole = len(encoded) - len(encoded) % 4  # groups of four, the rest carried over
+        encoded, carry = encoded[:whole], encoded[whole:]
+        if b"=" in encoded:
+            raise UploadError(400, f"{label} is not valid base64: '=' before its end.")
+        decoded.append(_a2b(encoded, label))
+        before += whole
+    last_start, last_end = spans[-1]
+    encoded = carry + body[last_start:last_end].translate(None, b" ")
+    decoded.append(_decode_base64_end(encoded, label, before))
+    return b"".join(decoded)
+
+
+def _decode_base64_end(encoded: bytes, label: str, before: int = 0) -> bytes:
+    """Decode the last (or only) part of a base64 string, `before` characters into it."""
     data = encoded.rstrip(b"=")
     padding = len(encoded) - len(data)
     # Whole 4-character groups, padded only as far as the last group needs.
     if len(encoded) % 4 or (padding and (padding > 2 or len(data) % 4 != 4 - padding)):
-        raise UploadError(400, f"{label} is not valid base64: {len(data)} characters with "
-                               f"{padding} '=' of padding.")
+        raise UploadError(400, f"{label} is not valid base64: {before + len(data)} characters "
+                               f"with {padding} '=' of padding.")
+    return _a2b(encoded, label)
+
+
+def _a2b(encoded: bytes, label: str) -> bytes:
     try:
         return binascii.a2b_base64(encoded, strict_mode=True)  # nothing outside base64
     except (binascii.Error, ValueError) as error:
         raise UploadError(400, f"{label} is not valid base64: {error}") from error
+
+
+def _not_a_base64_url(label: str) -> UploadError:
+    return UploadError(400, f"{label}: a data: URL must be base64 (data:image/png;base64,...).")

@@ -195,16 +195,19 @@ def test_deaths_at_every_point_across_consecutive_batches(workers):
 
 def test_concurrent_batches_share_the_workers_through_crashes(workers):
     # Each model has its own batch thread; all of them use the one pool. On a loaded
-    # machine a request may find both workers busy restarting for 2 s: a 503, not a crash.
-    failures, crashes = [], []
+    # machine a request may find both workers busy restarting for 2 s: a 503 (shedding),
+    # for the crashing request or its good neighbour, never a crash of the good one.
+    failures, crashes, answered = [], [], []
 
     def batches(marked: bytes) -> None:
         for _ in range(5):
             bad, good = workers([uploads(marked), uploads(JPEG, 2)])
+            shed = isinstance(good, UploadError) and good.status_code == 503
             if not (isinstance(bad, UploadError) and bad.status_code in (400, 503)
-                    and isinstance(good, np.ndarray)):
+                    and (isinstance(good, np.ndarray) or shed)):
                 failures.append((bad, good))
             crashes.append(bad.status_code == 400)
+            answered.append(isinstance(good, np.ndarray))
 
     threads = [threading.Thread(target=batches, args=(CRASH,)) for _ in range(3)]
     for thread in threads:
@@ -212,7 +215,7 @@ def test_concurrent_batches_share_the_workers_through_crashes(workers):
     for thread in threads:
         thread.join(timeout=60)
     assert not failures
-    assert len(crashes) == 15 and sum(crashes) >= 10
+    assert len(crashes) == 15 and sum(crashes) >= 10 and sum(answered) >= 10
     assert workers.restarts.count("crashed") == sum(crashes)
     assert len(workers.pool._workers) == 2
 

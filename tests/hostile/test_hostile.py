@@ -86,7 +86,8 @@ def test_a_worker_killed_mid_image_costs_the_server_nothing(server):
     # A photo-sized image keeps a worker busy for a while; kill whichever worker is seen
     # working. Its request is answered 400, and the image is never decoded again here. On
     # a loaded machine the worker seen working may be a replacement still starting up, and
-    # the image then decodes fine: up to three tries.
+    # the image then decodes fine: up to three tries. There, too, the worker may overrun
+    # its CPU limit before the kill: killed by the pool instead, a 413.
     from PIL import Image
 
     from tests.hostile.inputs import encode
@@ -97,10 +98,12 @@ def test_a_worker_killed_mid_image_costs_the_server_nothing(server):
     assert len(photo) < 10_000_000
     for _ in range(3):
         answer, killed, server_cpu, restarts_added = kill_the_busy_worker(process, base, photo)
-        if answer.status_code == 400:
+        if answer.status_code in (400, 413):
             break
     assert killed, "no worker was seen decoding the image"
-    assert answer.status_code == 400 and "crashed" in answer.json()["detail"], answer.text
+    detail = answer.json()["detail"]
+    assert ((answer.status_code == 400 and "crashed" in detail)
+            or (answer.status_code == 413 and "of CPU" in detail)), answer.text
     # The server parsed and routed the request; decoding it would have taken seconds.
     assert server_cpu < 0.5
     assert restarts_added == 1

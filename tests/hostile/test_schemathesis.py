@@ -17,9 +17,12 @@ def test_schemathesis_finds_no_failure(tiny_model_dir):
     server, base = start_server(tiny_model_dir, preprocess_workers=2, access_log="false")
     try:
         # About a minute here; the seed makes a failure reproducible with the same command.
+        # The request timeout is above the service's own bound (a decoder's 10 s wall-clock
+        # backstop): on a loaded machine niced decoders can take that long to answer.
         run = subprocess.run(
             [Path(sys.executable).parent / "st", "run", f"{base}/openapi.json", "--checks", "all",
-             "--max-examples", "200", "--seed", "20261130", "--no-color"],
+             "--max-examples", "200", "--seed", "20261130", "--no-color",
+             "--request-timeout", "30"],
             cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     finally:
         server.terminate()
