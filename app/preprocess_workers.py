@@ -66,6 +66,11 @@ POLL_S = 0.02
 # A worker may take this many times its CPU limit in wall time on one image (one that is
 # stuck without using the CPU is stopped too).
 WALL_CLOCK_FACTOR = 10
+# A worker's clocks start when it acknowledges its task. Before that it may still be
+# starting (a replacement forked moments ago runs multiprocessing's start-up, which can take
+# a good part of a second of CPU on a loaded machine): none of that is the image's. Only a
+# worker that never acknowledges is stopped, after this long.
+START_TIMEOUT_S = 10.0
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 try:
@@ -242,8 +247,8 @@ class DecoderPool:
                         "The decoder crashed on this image; it is corrupt or malicious.")))
                 continue
             state.image_started(worker.cpu_seconds())
-            if isinstance(message, str):  # _STARTED
-                state.started = True
+            if isinstance(message, str):  # _STARTED: from now on its time is the task's
+                state.started, state.task_cpu = True, state.image_cpu
             else:
                 by_task[id(state.task)][state.done] = message
                 state.done += 1
@@ -258,19 +263,26 @@ class DecoderPool:
         """Stop the workers over a limit; returns the CPU seconds their tasks had used."""
         now = time.monotonic()
         cpu = {worker: worker.cpu_seconds() for worker in running}
-        request_cpu = spent + sum(cpu[w] - state.task_cpu for w, state in running.items())
+        request_cpu = spent + sum(cpu[w] - state.task_cpu for w, state in running.items()
+                                  if state.started)
         used = 0.0
         for worker, state in list(running.items()):
+            if not state.started:
+                if now - state.image_wall <= START_TIMEOUT_S:
+                    continue
+                del running[worker]
+                self._replace(worker, "timeout", "before taking its task")
+                if state.task.retried:
+                    self._fail_waiting(collections.deque([state.task]), by_task, DecodersBusy(
+                        "No decoder process could start; retry shortly."))
+                else:
+                    state.task.retried = True
+                    waiting.appendleft(state.task)
+                continue
             if request_cpu > budget:
                 error = self._out_of_time(budget)
             elif (cpu[worker] - state.image_cpu > self.limits.timeout_s
                   or now - state.image_wall > WALL_CLOCK_FACTOR * self.limits.timeout_s):
-                if not state.started and not state.task.retried:  # it never took the task
-                    del running[worker]
-                    self._replace(worker, "timeout", "before taking its task")
-                    state.task.retried = True
-                    waiting.appendleft(state.task)
-                    continue
                 error = ImageTooLarge(f"The image took over {self.limits.timeout_s:g} s of "
                                       "CPU to decode.")
             else:
