@@ -548,7 +548,9 @@ def shrink(image: Image.Image) -> Image.Image:
 
 
 def _reducible_mode(image: Image.Image) -> str:
-    if image.mode in ("1", "P"):
+    if image.mode == "1":  # grey: LA keeps a transparent value at half RGBA's cost
+        return "LA" if "transparency" in image.info else "L"
+    if image.mode == "P":
         return "RGBA" if "transparency" in image.info else "L"
     if image.mode.startswith("I;16"):
         return "I"
