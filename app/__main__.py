@@ -14,7 +14,6 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from app.connections import ConnectionLimits, protocol_for
-    from app.main import configure_logging, create_app
     from app.settings import Settings
 
     settings = Settings()
@@ -37,11 +36,15 @@ def main(argv: list[str] | None = None) -> None:
             max_header_bytes=settings.max_header_bytes,
             max_connections=settings.max_connections)),
         access_log=False,  # the app logs each request itself, with its model and image count
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
     )
     if args.workers == 1:
+        from app.main import create_app  # TensorFlow, only in a process that serves
+
         uvicorn.run(create_app(settings), **options)
     else:
+        # The supervisor imports no TensorFlow: it serves nothing (60 MB, not 700).
+        from app.observability import configure_logging
         from app.processes import serve_processes
 
         configure_logging(settings.log_level)  # for the supervisor's own messages

@@ -21,8 +21,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from app.batching import QueueFull
-from app.middleware import RefuseEncodedSlashes
-from app.observability import AccessLogMiddleware, Metrics
+from app.middleware import RefuseEncodedSlashes, ShedOnShutdown
+from app.observability import AccessLogMiddleware, Metrics, configure_logging
 from app.registry import ModelNotFound
 from app.routers import health, models, predict
 from app.settings import Settings
@@ -73,6 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(RefuseEncodedSlashes)
+    app.add_middleware(ShedOnShutdown)  # inside the access log, which then counts its 503
     app.add_middleware(AccessLogMiddleware, metrics=metrics, log=settings.access_log)
     add_error_handlers(app)
     app.include_router(predict.router)
@@ -139,17 +140,6 @@ def return_large_blocks_to_the_system() -> None:
         ctypes.CDLL("libc.so.6").mallopt(-3, MMAP_THRESHOLD)  # -3: M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         logger.debug("not glibc: the allocator's thresholds are left as they are")
-
-
-def configure_logging(level: str) -> None:
-    """Log lines from the `digits` loggers to stderr, once per process."""
-    root = logging.getLogger("digits")
-    root.setLevel(level.upper())
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-        root.addHandler(handler)
-        root.propagate = False
 
 
 @functools.cache

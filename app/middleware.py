@@ -1,7 +1,8 @@
-"""Small ASGI guards that run before routing."""
+"""Small ASGI guards around routing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,3 +28,38 @@ class RefuseEncodedSlashes:
             await send({"type": "http.response.body", "body": body.encode()})
             return
         await self.app(scope, receive, send)
+
+
+class ShedOnShutdown:
+    """503 + Retry-After for a request cut short by this server's own shutdown.
+
+    When its grace period ends, uvicorn cancels the requests still running and answers
+    each with a 500. The client did nothing wrong, and another process or pod can serve the
+    same request: a 503 says so (and keeps shutdowns out of the 5xx-error alerts).
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_and_note(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except asyncio.CancelledError:
+            if started:
+                raise
+            body = json.dumps({"detail": "The server is shutting down; retry."}).encode()
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode()),
+                                    (b"retry-after", b"1"), (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": body})

@@ -99,3 +99,14 @@ class AccessLogMiddleware:
                 "model": state.get("model"), "images": state.get("images"),
                 "latency_ms": round(seconds * 1000, 2),
             }))
+
+
+def configure_logging(level: str) -> None:
+    """Log lines from the `digits` loggers to stderr, once per process."""
+    root = logging.getLogger("digits")
+    root.setLevel(level.upper())
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        root.addHandler(handler)
+        root.propagate = False

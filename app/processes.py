@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import threading
@@ -42,14 +43,28 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
 def serve_processes(config: uvicorn.Config, processes: int) -> None:
     """Run `processes` copies of the server until SIGINT or SIGTERM; replace any that die.
 
-    `config.app` must be an import string: each process builds its own app.
+    `config.app` must be an import string: each process builds its own app. Exits with
+    uvicorn's start-up failure status (3) if a process fails to start; a second signal
+    kills them all at once.
     """
     _check_port_free(config.host, config.port)
     stopping = threading.Event()
+    children: list[multiprocessing.Process] = []
+
+    def on_signal(*_) -> None:
+        if stopping.is_set():  # the second one: an operator who will not wait
+            logger.warning("second signal: killing the server processes")
+            for child in children:
+                if child.is_alive():
+                    child.kill()
+            os._exit(1)
+        stopping.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
+        signal.signal(sig, on_signal)
     context = multiprocessing.get_context("spawn")  # no fork of a process with threads
-    children = [_start(context, config) for _ in range(processes)]
+    children += [_start(context, config) for _ in range(processes)]
+    failed = False
     logger.info("serving on %s:%d with %d processes (SO_REUSEPORT)",
                 config.host, config.port, processes)
     while not stopping.wait(0.5):
@@ -60,6 +75,7 @@ def serve_processes(config: uvicorn.Config, processes: int) -> None:
                 # It would fail the same way every time (a bad model directory, a bad setting).
                 logger.error("a server process failed to start; stopping")
                 stopping.set()
+                failed = True
                 break
             logger.warning("server process %d exited with %s; starting another",
                            child.pid, child.exitcode)
@@ -69,6 +85,8 @@ def serve_processes(config: uvicorn.Config, processes: int) -> None:
             child.terminate()  # SIGTERM: each finishes its requests in flight, then exits
     for child in children:
         child.join()
+    if failed:
+        raise SystemExit(STARTUP_FAILURE)
 
 
 def _check_port_free(host: str, port: int) -> None:

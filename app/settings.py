@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         1000, gt=0, description="Open connections per server process; past it a new one "
         "gets 503 and is closed.")
+    graceful_shutdown_s: float = Field(
+        30.0, gt=0, description="On SIGTERM, how long requests in flight may take to finish; "
+        "those still running then get 503 + Retry-After.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     access_log: bool = Field(True, description="One JSON log line per request.")
     host: str = Field("127.0.0.1", description="Bind address for `python -m app`.")

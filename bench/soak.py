@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import multiprocessing
 import random
 import sys
 import time
@@ -68,7 +69,20 @@ async def connection(port: int, pick, deadline: float, records: list) -> None:
 
 
 def load(port: int, seconds: float, clients: int, hostile_share: float,
-         valid: list[bytes], hostile: list[tuple[str, bytes]], seed: int) -> list:
+         valid: list[bytes], hostile: list[tuple[str, bytes]], seed: int,
+         processes: int = 1) -> list:
+    """The records of `clients` connections, spread over `processes` client processes."""
+    if processes == 1:
+        return load_here(port, seconds, clients, hostile_share, valid, hostile, seed)
+    shares = [clients // processes + (i < clients % processes) for i in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        parts = pool.starmap(load_here, [(port, seconds, share, hostile_share, valid, hostile,
+                                          seed * 1000 + i) for i, share in enumerate(shares)])
+    return [record for part in parts for record in part]
+
+
+def load_here(port: int, seconds: float, clients: int, hostile_share: float,
+              valid: list[bytes], hostile: list[tuple[str, bytes]], seed: int) -> list:
     rng = random.Random(seed)
 
     def pick() -> tuple[str, bytes]:
@@ -85,10 +99,16 @@ def load(port: int, seconds: float, clients: int, hostile_share: float,
 
     # uvloop (installed with uvicorn) keeps the client's own overhead, which shares these
     # cores with the service, low; multi-megabyte writes are copied in C.
-    return uvloop.run(run())
+    cpu = time.process_time()
+    records = uvloop.run(run())
+    # The load generator's own share of a core: near 1.0 it, not the service, sets the pace.
+    records.append(("client", time.process_time() - cpu, seconds))
+    return records
 
 
 def summarise(records: list, seconds: float) -> dict:
+    client_cpu = sum(r[1] for r in records if r[0] == "client")
+    records = [r for r in records if r[0] != "client"]
     valid = np.array([s for kind, _, s in records if kind == "valid"]) * 1000
     valid_failed = sum(1 for kind, status, _ in records if kind == "valid" and status != 200)
     hostile = [(kind, status, s) for kind, status, s in records if kind != "valid"]
@@ -105,6 +125,7 @@ def summarise(records: list, seconds: float) -> dict:
         "hostile_5xx": sum(n for status, n in by_status.items()
                            if status.startswith("5") and status != "503"),
         "hostile_max_s": max((s for _, _, s in hostile), default=0.0),
+        "client_cpu_share": client_cpu / seconds,  # of one core, all client processes
     }
 
 
@@ -114,6 +135,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--hostile", type=float, default=0.05)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--client-processes", type=int, default=1,
+                        help="spread the connections over this many client processes")
     parser.add_argument("--only", nargs="+", metavar="INPUT",
                         help="draw the hostile requests from these inputs only (a diagnosis: "
                              "which of them costs valid requests their latency)")
@@ -132,6 +155,7 @@ def main() -> None:
     result: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     "seconds": args.seconds, "clients": args.clients,
                     "hostile_share": args.hostile, "server_processes": WORKERS,
+                    "client_processes": args.client_processes,
                     "hostile_inputs": sorted({name for name, _ in hostile})}
     with server([sys.executable, "-m", "app", "--port", "{port}", "--workers", str(WORKERS)],
                 "/readyz", env={"DIGITS_LOG_LEVEL": "error", "DIGITS_ACCESS_LOG": "false"},
@@ -139,12 +163,13 @@ def main() -> None:
         port = int(base.rsplit(":", 1)[1])
         load(port, 5, args.clients, 0, valid, [], seed=0)  # warm up
         print("clean run…", flush=True)
-        result["clean"] = summarise(load(port, args.seconds, args.clients, 0, valid, [], 1),
-                                    args.seconds)
+        result["clean"] = summarise(load(port, args.seconds, args.clients, 0, valid, [], 1,
+                                         args.client_processes), args.seconds)
         result["rss_mb_start"] = rss_mb(process.pid)
         print("hostile run…", flush=True)
         result["hostile"] = summarise(load(port, args.seconds, args.clients, args.hostile,
-                                           valid, hostile, 2), args.seconds)
+                                           valid, hostile, 2, args.client_processes),
+                                      args.seconds)
         time.sleep(2)  # let the last replaced decoder start
         result["rss_mb_end"] = rss_mb(process.pid)
     result["targets"] = targets(result)
@@ -176,19 +201,21 @@ def report(r: dict) -> str:
     clean, hostile = r["clean"], r["hostile"]
     lines = [
         f"# Soak {r['date']}", "",
-        f"{r['seconds']:.0f} s per run at {r['clients']} keep-alive connections against "
+        f"{r['seconds']:.0f} s per run at {r['clients']} keep-alive connections (from "
+        f"{r.get('client_processes', 1)} client process(es)) against "
         f"`python -m app --workers {r['server_processes']}`; in the hostile run each request "
         f"is one of the {len(r['hostile_inputs'])} hostile inputs of `tests/hostile/inputs.py` "
         f"with probability {r['hostile_share']:.0%}. Reproduce: `make soak`.", "",
         "| run | valid req/s | valid p50 ms | valid p99 ms | valid failed | hostile sent | "
-        "hostile answers | slowest hostile s |",
-        "|---|---:|---:|---:|---:|---:|---|---:|",
+        "hostile answers | slowest hostile s | client CPU |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for name, m in (("clean", clean), ("5% hostile", hostile)):
         statuses = ", ".join(f"{s}: {n}" for s, n in sorted(m["hostile_statuses"].items()))
         lines.append(f"| {name} | {m['valid_per_s']:,.0f} | {m['valid_p50_ms']:.2f} | "
                      f"{m['valid_p99_ms']:.2f} | {m['valid_failed']} | {m['hostile_requests']} | "
-                     f"{statuses or '-'} | {m['hostile_max_s']:.2f} |")
+                     f"{statuses or '-'} | {m['hostile_max_s']:.2f} | "
+                     f"{m.get('client_cpu_share', float('nan')):.0%} |")
     lines += ["", f"Memory of the service's processes: {r['rss_mb_start']:.0f} MiB at the start "
               f"of the hostile run, {r['rss_mb_end']:.0f} MiB at its end.", "",
               "| target | measured | goal | met |", "|---|---:|---:|:---:|"]

@@ -162,3 +162,27 @@ def test_a_server_process_that_dies_is_replaced(tiny_model_dir):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_request_still_running_when_the_grace_period_ends_gets_503(tiny_model_dir):
+    # Its body never arrives in full, so it is still running when the 1 s grace ends.
+    server, base = start_server(tiny_model_dir, graceful_shutdown_s=1, preprocess_workers=0)
+    host, port = base.removeprefix("http://").split(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=60) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                         b"Content-Length: 1000\r\n\r\n" + b"\x89PNG" * 4)
+            deadline = time.monotonic() + 30
+            while in_flight(base) < 2:  # that request, and this /metrics request itself
+                assert time.monotonic() < deadline, "the request never reached the app"
+                time.sleep(0.01)
+            server.send_signal(signal.SIGTERM)
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert b"retry-after: 1" in answer.lower()
+        assert server.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        if server.poll() is None:
+            server.kill()
