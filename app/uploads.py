@@ -293,7 +293,7 @@ def _decode_base64_in_windows(body: bytes, start: int, end: int, label: str) -> 
     """The base64 string body[start:end] (ASCII, no control characters), decoded a
     megabyte at a time, as strictly as `_decode_base64`."""
     if body.startswith(b"data:", start, end):
-        comma = body.find(b",", start, min(end, start + 256))
+        comma = body.find(b",", start, end)
         if comma < 0 or not body[start:comma].endswith(b";base64"):
             raise _not_a_base64_url(label)
         start = comma + 1
@@ -301,10 +301,15 @@ def _decode_base64_in_windows(body: bytes, start: int, end: int, label: str) -> 
     spans = scanning.windows(start, end)
     for window_start, window_end in spans[:-1]:
         encoded = carry + body[window_start:window_end].translate(None, b" ")
+        if b"=" in encoded:
+            # Padding: valid only if the rest of the string is spaces (or more '='), so
+            # the rest joins this window as the end of the string.
+            rest = [body[s:e].translate(None, b" ") for s, e in
+                    scanning.windows(window_end, end)]
+            decoded.append(_decode_base64_end(encoded + b"".join(rest), label, before))
+            return b"".join(decoded)
         whole = len(encoded) - len(encoded) % 4  # groups of four, the rest carried over
         encoded, carry = encoded[:whole], encoded[whole:]
-        if b"=" in encoded:
-            raise UploadError(400, f"{label} is not valid base64: '=' before its end.")
         decoded.append(_a2b(encoded, label))
         before += whole
     last_start, last_end = spans[-1]

@@ -188,3 +188,30 @@ def test_connections_past_the_cap_get_503_and_the_service_recovers(server):
             break
         assert answer.status_code == 503 and time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def test_a_stray_line_break_after_an_answer_does_not_hold_the_connection(server):
+    # The parser skips CRLFs between requests without starting one, and the bytes cancel
+    # uvicorn's keep-alive timer: the header deadline must still close the connection.
+    _, base = server
+    with connect(base) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"\r\n")
+        started = time.monotonic()
+        read_until_closed(sock)
+        assert time.monotonic() - started < HEADER_TIMEOUT_S + 10
+
+
+def test_requests_pipelined_far_ahead_of_their_answers_are_cut(server):
+    process, base = server
+    before = resident_mib(process.pid)
+    with connect(base) as sock:
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 20_000)  # 700 KB
+        except OSError:
+            pass  # the server may hang up first
+        answers = read_until_closed(sock)
+    assert answers.count(b"HTTP/1.1 200 ") < 20_000  # cut long before the end
+    assert resident_mib(process.pid) - before < 50
+    assert valid_prediction(base) < 5

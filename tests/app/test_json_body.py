@@ -127,3 +127,15 @@ def test_padding_that_ends_a_window_is_still_padding_in_the_middle(small_windows
     assert len(first) == scanning.WINDOW and first.endswith(b"==")
     body = b'{"images": ["' + first + second + b'"]}'
     assert reference(body) == ours(body) == "400"
+
+
+def test_padding_followed_by_spaces_past_a_window_is_still_valid(small_windows):
+    text = base64.b64encode(b"x" * 10).decode()  # ends with "=="
+    body = ('{"images": ["' + text + " " * 40 + '"]}').encode()
+    assert ours(body) == reference(body) == [b"x" * 10]
+
+
+def test_a_data_url_with_a_long_header_is_read_as_json_loads_reads_it(small_windows):
+    url = "data:image/png;" + "q=1;" * 100 + "base64," + base64.b64encode(b"y" * 30).decode()
+    body = ('{"images": ["' + url + '"]}').encode()
+    assert ours(body) == reference(body) == [b"y" * 30]
