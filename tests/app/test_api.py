@@ -23,7 +23,9 @@ def assert_predictions(body: dict, model: str, count: int) -> None:
     for prediction in body["predictions"]:
         probabilities = prediction["probabilities"]
         assert len(probabilities) == 10 and sum(probabilities) == pytest.approx(1, abs=1e-4)
-        assert prediction["digit"] == int(np.argmax(probabilities))
+        # The digit is a most probable class. (The tiny untrained test models give nearly
+        # flat outputs, and two classes can round to the same 6-decimal probability.)
+        assert probabilities[prediction["digit"]] == max(probabilities)
         assert prediction["confidence"] == max(probabilities)
         assert "model_input" not in prediction
 
