@@ -85,8 +85,8 @@ def load_registry(model_dir: Path, device: str) -> ModelRegistry:
                         device, result.path)
         else:
             unavailable[style] = result
-            logger.warning("model %s unavailable (%s): %s", style.value, result.status,
-                           result.reason)
+            logger.warning("model %s unavailable (%s) in %s: %s", style.value, result.status,
+                           model_dir / style.value, result.reason)
     return ModelRegistry(loaded=loaded, unavailable=unavailable)
 
 
@@ -95,15 +95,18 @@ def load_style(style_dir: Path, style: Style, device: str) -> LoadedModel | Unav
     versions = tuple(list_versions(style_dir))
     if not versions:
         return UnavailableModel(style, "missing",
-                                f"No version directory under {style_dir}. Train one with: "
-                                f"python -m training --style {style.value}")
+                                "No version directory in the model directory. Train one "
+                                f"with: python -m training --style {style.value}")
     failures = []
     for version in reversed(versions):
         try:
             model = load_version(style_dir / str(version), style, version, versions, device)
         except Exception as error:  # noqa: BLE001 - any failure means "try the next one"
-            failures.append(f"version {version}: {error.__class__.__name__}: {error}")
-            logger.error("cannot load %s version %d: %s", style.value, version, error)
+            # The public reason names the error's kind only: its message may hold paths of
+            # this machine, which the log keeps.
+            failures.append(f"version {version}: {error.__class__.__name__} (see the log)")
+            logger.error("cannot load %s version %d from %s: %s", style.value, version,
+                         style_dir / str(version), error)
             continue
         return dataclasses.replace(model, skipped=tuple(failures))
     return UnavailableModel(style, "failed", "; ".join(failures), versions)

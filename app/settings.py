@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     graceful_shutdown_s: float = Field(
         30.0, gt=0, description="On SIGTERM, how long requests in flight may take to finish; "
         "those still running then get 503 + Retry-After.")
+    api_keys: str = Field(
+        "", description="Comma-separated API keys; when any key is set (here or in "
+        "DIGITS_API_KEYS_FILE), every route but the probes and the page needs one (401).")
+    api_keys_file: Path | None = Field(
+        None, description="A file of SHA-256 hex digests of API keys, one per line "
+        "(`printf %s KEY | sha256sum`); keeps the keys themselves out of the environment.")
+    metrics_port: int | None = Field(
+        None, gt=0, description="Serve /metrics on this port only (what Prometheus scrapes, "
+        "kept off the public port); unset: /metrics on the main port, behind the key if any.")
+    docs: bool = Field(True, description="Serve /docs, /redoc and /openapi.json.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     access_log: bool = Field(True, description="One JSON log line per request.")
     host: str = Field("127.0.0.1", description="Bind address for `python -m app`.")

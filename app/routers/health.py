@@ -10,6 +10,8 @@ from app.dependencies import MetricsDep, ServiceDep
 from app.schemas import Health
 
 router = APIRouter(tags=["health"])
+# On the main port unless DIGITS_METRICS_PORT gives metrics a port of their own.
+metrics_router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
@@ -29,7 +31,7 @@ async def readyz(service: ServiceDep) -> Health:
     return Health(status="ready", models=statuses)
 
 
-@router.get("/metrics", response_class=Response)
+@metrics_router.get("/metrics", response_class=Response)
 async def metrics(metrics: MetricsDep) -> Response:
     """Prometheus metrics in the text exposition format."""
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

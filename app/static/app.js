@@ -12,12 +12,45 @@ function setStatus(text, isError = false) {
   statusLine.classList.toggle("error", isError);
 }
 
+// ---- the API key, when the service asks for one ----------------------------------------
+
+const keyForm = document.getElementById("key-form");
+const KEY_ITEM = "digits-api-key"; // kept for this tab only
+
+// fetch(), with the key the user gave (if any) as X-API-Key.
+function api(path, options = {}) {
+  const key = sessionStorage.getItem(KEY_ITEM);
+  const headers = { ...(options.headers || {}), ...(key ? { "X-API-Key": key } : {}) };
+  return fetch(path, { ...options, headers });
+}
+
+function askForKey() {
+  keyForm.hidden = false;
+  setStatus(sessionStorage.getItem(KEY_ITEM) ? "That API key was refused." :
+    "This service needs an API key.", true);
+  document.getElementById("key").focus();
+}
+
+keyForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem(KEY_ITEM, document.getElementById("key").value);
+  keyForm.hidden = true;
+  setStatus("Draw a digit to start.");
+  loadModels();
+});
+
 // ---- the model cards -------------------------------------------------------------------
 
 async function loadModels() {
-  const response = await fetch("/models");
+  const response = await api("/models");
+  if (response.status === 401) {
+    askForKey();
+    return;
+  }
   const { models } = await response.json();
   const container = document.getElementById("models");
+  container.replaceChildren();
+  cards.clear();
   for (const model of models) {
     const card = document.getElementById("model-card").content.firstElementChild.cloneNode(true);
     card.dataset.style = model.name;
@@ -46,7 +79,7 @@ async function loadModels() {
 }
 
 async function loadSummary(style, card) {
-  const response = await fetch(`/models/${style}/summary`);
+  const response = await api(`/models/${style}/summary`);
   if (!response.ok) return;
   const summary = await response.json();
   const body = card.querySelector("tbody");
@@ -91,15 +124,19 @@ async function classify(blob) {
   setStatus("Asking the models…");
   const ready = [...cards.entries()].filter(([, card]) => !card.classList.contains("unavailable"));
   const answers = await Promise.all(ready.map(async ([style, card]) => {
-    const response = await fetch(`/models/${style}/predict?debug=true`, {
+    const response = await api(`/models/${style}/predict?debug=true`, {
       method: "POST",
       headers: { "Content-Type": blob.type || "application/octet-stream" },
       body: blob,
     });
     const body = await response.json();
-    return { style, card, ok: response.ok, body };
+    return { style, card, ok: response.ok, status: response.status, body };
   }));
   if (requestId !== latestRequest) return; // a newer drawing is on its way
+  if (answers.some((answer) => answer.status === 401)) {
+    askForKey();
+    return;
+  }
   const failure = answers.find((answer) => !answer.ok);
   if (failure) {
     setStatus(failure.body.detail || "The service could not read that image.", true);

@@ -7,6 +7,7 @@ their 28x28 preview; any console error, or any request leaving 127.0.0.1, fails 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import threading
@@ -38,10 +39,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server_url():
+@contextlib.contextmanager
+def serving(**settings):
     port = free_port()
-    settings = Settings(model_dir=REPO_ROOT / "models", device="cpu", access_log=False)
+    settings = Settings(model_dir=REPO_ROOT / "models", device="cpu", access_log=False,
+                        **settings)
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -50,9 +52,17 @@ def server_url():
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    with serving() as url:
+        yield url
 
 
 @pytest.fixture
@@ -61,8 +71,8 @@ def problems() -> list[str]:
     return []
 
 
-@pytest.fixture
-def page(server_url, problems):
+@contextlib.contextmanager
+def browser_page(url: str, problems: list[str]):
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -80,10 +90,16 @@ def page(server_url, problems):
         page.on("console", lambda message: message.type == "error"
                 and problems.append(f"console error: {message.text}"))
         page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-        page.goto(server_url)
-        page.wait_for_selector(".card .facts:has-text('params')")
+        page.goto(url)
         yield page
         browser.close()
+
+
+@pytest.fixture
+def page(server_url, problems):
+    with browser_page(server_url, problems) as page:
+        page.wait_for_selector(".card .facts:has-text('params')")
+        yield page
     assert problems == []
 
 
@@ -159,3 +175,21 @@ def test_the_controls_are_labelled_and_reachable_by_keyboard(page):
         page.keyboard.press("Tab")
         focused.append(page.evaluate("document.activeElement.id || document.activeElement.tagName"))
     assert focused == ["pad", "clear", "file"]
+
+
+def test_a_service_with_keys_asks_for_one(problems):
+    with serving(api_keys="page-key-123") as url, browser_page(url, problems) as page:
+        page.wait_for_selector("#key-form:not([hidden])")
+        assert "needs an API key" in page.locator("#status").inner_text()
+        page.fill("#key", "wrong-key")
+        page.press("#key", "Enter")
+        page.wait_for_selector("#key-form:not([hidden])")
+        assert "refused" in page.locator("#status").inner_text()
+        page.fill("#key", "page-key-123")
+        page.press("#key", "Enter")
+        page.wait_for_selector(".card .facts:has-text('params')")
+        page.set_input_files("#file", files=[{"name": "one.png", "mimeType": "image/png",
+                                               "buffer": encode(draw_one(), "PNG")}])
+        assert assert_three_answers(page) == ["1", "1", "1"]
+    # Chromium logs each 401 itself; those were expected, nothing else is.
+    assert [p for p in problems if "status of 401" not in p] == []
