@@ -1,6 +1,8 @@
 # digit-service: the FastAPI app and the committed models.
 #   docker compose build                          (or: docker build -t digit-service .)
 #   docker build --build-arg VARIANT=gpu -t digit-service:gpu .   (TensorFlow with CUDA)
+#   docker build --build-arg VARIANT=train -t digit-service:train .  (TensorFlow, to train)
+# The default (cpu) image serves with LiteRT and holds no TensorFlow at all.
 # Air-gapped: `pip download` the dependencies into ./wheelhouse on a connected machine,
 # then build with --build-arg PIP_OFFLINE=1 (see README, "Docker").
 ARG BASE_IMAGE=python:3.11-slim
@@ -15,7 +17,7 @@ RUN python3 -m venv /opt/venv
 COPY pyproject.toml ./
 COPY wheelhouse/ /wheelhouse/
 RUN python3 -c "import sys, tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-extra = project['optional-dependencies']['gpu'] if sys.argv[1] == 'gpu' else []; \
+extra = project['optional-dependencies'].get(sys.argv[1], []); \
 print('\n'.join(project['dependencies'] + extra))" "${VARIANT}" > requirements.txt \
  && if [ "${PIP_OFFLINE}" = "1" ]; then set -- --no-index --find-links /wheelhouse; fi \
  && /opt/venv/bin/pip install "$@" -r requirements.txt

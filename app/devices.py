@@ -1,11 +1,11 @@
-"""Choosing the TensorFlow device the models run on."""
+"""Choosing the device the models run on, importing TensorFlow only to look for a GPU."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
-import tensorflow as tf
-
+from app.runtimes import tensorflow_installed
 from app.settings import DeviceChoice
 
 logger = logging.getLogger("digits.devices")
@@ -16,7 +16,20 @@ class DeviceUnavailable(RuntimeError):
 
 
 def select_device(choice: DeviceChoice) -> str:
-    """Return a TensorFlow device name ("/GPU:0" or "/CPU:0") for the configured choice."""
+    """Return a TensorFlow device name ("/GPU:0" or "/CPU:0") for the configured choice.
+
+    `auto` asks TensorFlow (seconds to import) only where an NVIDIA device node exists:
+    without one no GPU can be used, and a CPU server then never imports TensorFlow.
+    """
+    if choice == DeviceChoice.cpu or (choice == DeviceChoice.auto and not nvidia_devices()):
+        return "/CPU:0"
+    if not tensorflow_installed():
+        if choice == DeviceChoice.gpu:
+            raise DeviceUnavailable("DIGITS_DEVICE=gpu needs TensorFlow's CUDA build (the GPU "
+                                    "image, or pip install '.[gpu]').")
+        return "/CPU:0"
+    import tensorflow as tf
+
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         try:
@@ -24,8 +37,6 @@ def select_device(choice: DeviceChoice) -> str:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # already initialised in this process; the setting stands
             pass
-    if choice == DeviceChoice.cpu:
-        return "/CPU:0"
     if gpus:
         return "/GPU:0"
     if choice == DeviceChoice.gpu:
@@ -36,14 +47,6 @@ def select_device(choice: DeviceChoice) -> str:
     return "/CPU:0"
 
 
-def limit_cpu_threads(threads: int) -> None:
-    """Give TensorFlow `threads` CPU threads, both within one op and across ops.
-
-    With one server process per core, TensorFlow's default (a thread per core in every
-    process) has the processes' thread pools spinning against each other for the same cores.
-    """
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:  # TensorFlow already ran in this process (tests build many apps)
-        logger.debug("TensorFlow's thread pools are already running; keeping them")
+def nvidia_devices() -> bool:
+    """Whether this machine (or container) exposes an NVIDIA GPU's device nodes."""
+    return Path("/dev/nvidiactl").exists() or any(Path("/dev").glob("nvidia[0-9]*"))

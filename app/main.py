@@ -43,17 +43,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # Imported here so that building the app (and `import app.main`) stays cheap.
-        from app.devices import limit_cpu_threads, select_device
+        from app.devices import select_device
         from app.registry import load_registry
         from app.service import PredictionService
 
-        limit_cpu_threads(settings.tensorflow_threads())
         return_large_blocks_to_the_system()
         device = select_device(settings.device)
         logger.info("loading models from %s on %s", settings.model_dir, device)
-        registry = await run_in_threadpool(load_registry, settings.model_dir, device)
+        registry = await run_in_threadpool(load_registry, settings.model_dir, device,
+                                           settings.runtime, settings.model_threads())
         for model in registry.loaded.values():
-            metrics.model_info.labels(model.style.value, str(model.version), model.device).set(1)
+            metrics.model_info.labels(model.style.value, str(model.version), model.device,
+                                      model.runtime.value).set(1)
         service = PredictionService(registry, settings, metrics)
         # TensorFlow leaves hundreds of thousands of long-lived objects on the Python heap;
         # each full garbage collection would walk them all (a pause of a tenth of a second
@@ -64,8 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics_server = (await serve_metrics(settings.host, settings.metrics_port,
                                               metrics.registry)
                           if settings.metrics_port else None)
-        logger.info("serving %s", ", ".join(f"{m.style.value} v{m.version} on {m.device}"
-                                            for m in registry.loaded.values()) or "no model")
+        logger.info("serving %s", ", ".join(
+            f"{m.style.value} v{m.version} on {m.device} ({m.runtime.value})"
+            for m in registry.loaded.values()) or "no model")
         try:
             yield {"service": service, "settings": settings, "metrics": metrics}
         finally:

@@ -43,7 +43,7 @@ class Metrics:
             "digits_decoder_restarts_total", "Decoder processes replaced after crashing or "
             "overrunning their time limit on an image.", ["reason"], registry=self.registry)
         self.model_info = Gauge("digits_model_loaded", "1 for each served model version.",
-                                ["model", "version", "device"], registry=self.registry)
+                                ["model", "version", "device", "runtime"], registry=self.registry)
 
     def batch_observer(self, model: str):
         """A callback for the batcher that records one model call."""

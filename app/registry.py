@@ -1,4 +1,5 @@
-"""Loading the served models: the highest loadable version of each style, on one device."""
+"""Loading the served models: the highest loadable version of each style, on one device
+and runtime (`app.runtimes`)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,12 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
-from digit_contract import INPUT_SHAPE, METADATA_FILE, SIGNATURE_NAME, Style, list_versions
+from app.runtimes import Runner, Runtime, choose, load
+from digit_contract import INPUT_SHAPE, METADATA_FILE, Style, list_versions
 
 logger = logging.getLogger("digits.registry")
 
@@ -27,7 +27,7 @@ class ModelNotFound(LookupError):
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
-    """One SavedModel ready to serve: its serving function, version, device and metadata."""
+    """One model version ready to serve: its runner, version, device, runtime and metadata."""
 
     style: Style
     version: int
@@ -35,17 +35,16 @@ class LoadedModel:
     device: str
     path: Path
     metadata: dict
-    serve: Callable[[tf.Tensor], tf.Tensor]
+    run: Runner
+    runtime: Runtime = Runtime.tensorflow
     # Versions above `version` that failed to load; empty when the newest one serves.
     skipped: tuple[str, ...] = ()
-    # The loaded SavedModel object: the signature function only holds weak references to
-    # its variables, so this keeps them alive.
-    saved_model: object = dataclasses.field(default=None, repr=False, compare=False)
+    # What the runner needs kept alive (the loaded SavedModel, or the interpreter).
+    keep: object = dataclasses.field(default=None, repr=False, compare=False)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities [n, 10] for float32 images [n, 28, 28, 1]."""
-        with tf.device(self.device):
-            return self.serve(tf.convert_to_tensor(images, dtype=tf.float32)).numpy()
+        return self.run(images)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,15 +73,16 @@ class ModelRegistry:
                             status=problem.status if problem else "missing")
 
 
-def load_registry(model_dir: Path, device: str) -> ModelRegistry:
+def load_registry(model_dir: Path, device: str, runtime: Runtime = Runtime.auto,
+                  threads: int = 1) -> ModelRegistry:
     """Load every style found under `model_dir`; one broken style never stops the others."""
     loaded, unavailable = {}, {}
     for style in Style:
-        result = load_style(model_dir / style.value, style, device)
+        result = load_style(model_dir / style.value, style, device, runtime, threads)
         if isinstance(result, LoadedModel):
             loaded[style] = result
-            logger.info("loaded %s version %d on %s from %s", style.value, result.version,
-                        device, result.path)
+            logger.info("loaded %s version %d on %s with %s from %s", style.value,
+                        result.version, device, result.runtime.value, result.path)
         else:
             unavailable[style] = result
             logger.warning("model %s unavailable (%s) in %s: %s", style.value, result.status,
@@ -90,7 +90,8 @@ def load_registry(model_dir: Path, device: str) -> ModelRegistry:
     return ModelRegistry(loaded=loaded, unavailable=unavailable)
 
 
-def load_style(style_dir: Path, style: Style, device: str) -> LoadedModel | UnavailableModel:
+def load_style(style_dir: Path, style: Style, device: str, runtime: Runtime = Runtime.auto,
+               threads: int = 1) -> LoadedModel | UnavailableModel:
     """The highest version that loads and answers a warm-up call; older ones as fallback."""
     versions = tuple(list_versions(style_dir))
     if not versions:
@@ -100,7 +101,8 @@ def load_style(style_dir: Path, style: Style, device: str) -> LoadedModel | Unav
     failures = []
     for version in reversed(versions):
         try:
-            model = load_version(style_dir / str(version), style, version, versions, device)
+            model = load_version(style_dir / str(version), style, version, versions, device,
+                                 runtime, threads)
         except Exception as error:  # noqa: BLE001 - any failure means "try the next one"
             # The public reason names the error's kind only: its message may hold paths of
             # this machine, which the log keeps.
@@ -113,30 +115,14 @@ def load_style(style_dir: Path, style: Style, device: str) -> LoadedModel | Unav
 
 
 def load_version(path: Path, style: Style, version: int, versions: tuple[int, ...],
-                 device: str) -> LoadedModel:
+                 device: str, runtime: Runtime = Runtime.auto, threads: int = 1) -> LoadedModel:
     metadata = json.loads((path / METADATA_FILE).read_text())
-    with tf.device(device):
-        saved = tf.saved_model.load(str(path))
-    serve = serving_function(saved)
+    runtime = choose(runtime, device, path)
+    run, keep = load(runtime, path, device, threads)
     model = LoadedModel(style=style, version=version, versions=versions, device=device,
-                        path=path, metadata=metadata, serve=serve, saved_model=saved)
+                        path=path, metadata=metadata, run=run, runtime=runtime, keep=keep)
     warm_up(model)
     return model
-
-
-def serving_function(saved) -> Callable[[tf.Tensor], tf.Tensor]:
-    """The model as one concrete function: float32 [n, 28, 28, 1] -> probabilities [n, 10].
-
-    Keras exports the same graph twice: as the `serve` endpoint and wrapped in the
-    `serving_default` signature for TensorFlow Serving. On CPU the signature's extra call
-    layer costs about 3 ms per call against 0.5 ms for the endpoint, so the endpoint is
-    used when the SavedModel has it; the signature is the fallback.
-    """
-    endpoint = getattr(saved, "serve", None)
-    if endpoint is not None:
-        return endpoint.get_concrete_function(tf.TensorSpec((None, *INPUT_SHAPE), tf.float32))
-    signature = saved.signatures[SIGNATURE_NAME]
-    return lambda images: next(iter(signature(images).values()))
 
 
 def warm_up(model: LoadedModel) -> None:

@@ -48,6 +48,7 @@ class ModelInfo(BaseModel):
     version: int | None = None
     versions: list[int] = Field(default_factory=list, description="Versions found on disk.")
     device: str | None = None
+    runtime: str | None = Field(None, description="litert or tensorflow (see DIGITS_RUNTIME).")
     total_params: int | None = None
     metrics: dict[str, float | int] = Field(default_factory=dict)
     detail: str | None = Field(None, description="Why a model or a newer version isn't served.")

@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.runtimes import Runtime
 from digit_contract import Style
 
 
@@ -54,8 +55,11 @@ class Settings(BaseSettings):
         default_factory=lambda: min(4, os.cpu_count() or 1), ge=0,
         description="Sandboxed processes decoding every image but small plain PNGs; 0 decodes "
         "everything in the server process, without memory or time limits (not for production).")
-    cpu_threads: int = Field(0, ge=0, description="TensorFlow CPU threads per server process; "
-                             "0: this machine's cores divided by the server processes.")
+    runtime: Runtime = Field(
+        Runtime.auto, description="auto: LiteRT on CPU for versions with model.tflite, "
+        "TensorFlow otherwise (GPU); litert or tensorflow to force one.")
+    cpu_threads: int = Field(0, ge=0, description="CPU threads per server process for the "
+                             "models; 0: this machine's cores divided by the server processes.")
     header_timeout_s: float = Field(
         10.0, gt=0, description="Longest a request's line and headers may take to arrive "
         "(408), and a new connection to send its first byte (closed).")
@@ -87,7 +91,7 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, description="Server processes for `python -m app`, each "
                          "with its own copy of the models and its own batches.")
 
-    def tensorflow_threads(self) -> int:
+    def model_threads(self) -> int:
         """`cpu_threads`, or this process's share of the cores it may run on."""
         if self.cpu_threads:
             return self.cpu_threads

@@ -162,20 +162,19 @@ def rss_mb(pid: int) -> float:
 # --- the measurements ---------------------------------------------------------------------
 
 def raw_ceiling(model_path: Path, digits: np.ndarray, seconds: float) -> dict:
-    """The SavedModel's serving function in-process: images/s at batch 1 and 128."""
-    import tensorflow as tf
+    """The model as the service runs it (LiteRT on CPU where the version has its file),
+    in-process, with every core: images/s at batch 1 and 128."""
+    from app.runtimes import Runtime, choose, load
 
-    from app.registry import serving_function
-
-    saved = tf.saved_model.load(str(model_path))
-    serve = serving_function(saved)  # the same function the service calls
-    results = {}
+    runtime = choose(Runtime.auto, "/CPU:0", model_path)
+    run, _keep = load(runtime, model_path, "/CPU:0", os.cpu_count() or 1)
+    results: dict = {"runtime": runtime.value}
     for batch_size in (1, 128):
-        batch = tf.constant(np.resize(digits, (batch_size, 28, 28, 1)).astype(np.float32) / 255)
-        serve(batch)
+        batch = np.resize(digits, (batch_size, 28, 28, 1)).astype(np.float32) / 255
+        run(batch)
         calls, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
-            serve(batch)
+            run(batch)
             calls += 1
         results[f"batch_{batch_size}_images_per_s"] = calls * batch_size / (
             time.perf_counter() - started)

@@ -21,6 +21,9 @@ SIGNATURE_NAME = "serving_default"
 METADATA_FILE = "metadata.json"
 SUMMARY_TEXT_FILE = "summary.txt"
 HISTORY_PLOT_FILE = "training.png"
+LITERT_FILE = "model.tflite"
+"""The same model as a LiteRT (TensorFlow Lite) flatbuffer, converted from the SavedModel at
+export: what a CPU server runs, without importing TensorFlow."""
 PIXEL_CONVENTION = "light digit on dark background (MNIST), float32 in [0, 1] = uint8 / 255"
 
 

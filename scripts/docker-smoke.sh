@@ -74,8 +74,25 @@ image_bytes=$(docker image inspect -f '{{.Size}}' digit-service:latest)
 
 log "docker compose up -d --wait (port $port on 127.0.0.1)"
 up_started=$(now)
+"$compose" "${compose_files[@]}" up -d api
+# Cold start: from `docker compose up` until /readyz answers 200 (polled every 20 ms).
+ready_seconds=$($python - "$port" "$up_started" <<'PY'
+import sys, time, urllib.request
+port, started = sys.argv[1], float(sys.argv[2])
+while time.time() - started < 120:
+    try:
+        if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).status == 200:
+            break
+    except OSError:
+        time.sleep(0.02)
+print(round(time.time() - started, 2))
+PY
+)
 "$compose" "${compose_files[@]}" up -d --wait api
 up_seconds=$($python -c "print(round($(now) - $up_started, 1))")
+# The server process is the container's first process (one per container by default).
+server_pid=$(docker inspect -f '{{.State.Pid}}' "$("$compose" "${compose_files[@]}" ps -q api)")
+server_rss_mib=$(awk '/^VmRSS/ {print int($2 / 1024)}' "/proc/$server_pid/status")
 
 log "smoke test: POST a digit to /predict"
 $python - "$port" <<'PY'
@@ -110,5 +127,7 @@ PY
 log "result"
 echo "image size: $image_bytes bytes ($((image_bytes / 1000000)) MB)"
 echo "build: ${build_seconds} s"
+echo "up to ready (/readyz 200): ${ready_seconds} s"
 echo "up to healthy: ${up_seconds} s"
+echo "server process RSS, three models ready: ${server_rss_mib} MiB"
 echo "smoke test: passed"

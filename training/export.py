@@ -15,6 +15,7 @@ import tensorflow as tf
 from digit_contract import (
     HISTORY_PLOT_FILE,
     INPUT_SHAPE,
+    LITERT_FILE,
     METADATA_FILE,
     NUM_CLASSES,
     PIXEL_CONVENTION,
@@ -116,6 +117,7 @@ def export_version(model: keras.Model, style: Style, out_dir: Path, extra_metada
     try:
         model.export(str(staging), format="tf_saved_model", input_signature=INPUT_SIGNATURE,
                      verbose=False)
+        (staging / LITERT_FILE).write_bytes(to_litert(staging))
         while True:
             version = max(list_versions(style_dir), default=0) + 1
             write_metadata(staging, build_metadata(model, style, version, extra_metadata))
@@ -130,6 +132,27 @@ def export_version(model: keras.Model, style: Style, out_dir: Path, extra_metada
             return final
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def to_litert(saved_model_dir: Path) -> bytes:
+    """The SavedModel's serving signature as a LiteRT flatbuffer (float32, no quantisation:
+    the same probabilities to about 1e-7)."""
+    return tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir)).convert()
+
+
+def add_litert(version_dir: Path) -> bool:
+    """Give an existing version its LiteRT file, written atomically; False if it has one."""
+    target = version_dir / LITERT_FILE
+    if target.exists():
+        return False
+    staging = version_dir / f".{LITERT_FILE}.{uuid.uuid4().hex}"
+    try:
+        staging.write_bytes(to_litert(version_dir))
+        os.replace(staging, target)
+        _fsync_directory(version_dir)
+    finally:
+        staging.unlink(missing_ok=True)
+    return True
 
 
 def write_metadata(version_dir: Path, metadata: dict) -> None:

@@ -67,7 +67,7 @@ async function loadModels() {
       card.querySelector(".facts").textContent =
         `v${model.version} · ${model.total_params.toLocaleString()} params · ` +
         (accuracy !== undefined ? `${(accuracy * 100).toFixed(2)}% validation · ` : "") +
-        `${model.device}`;
+        `${model.device} (${model.runtime})`;
       loadSummary(model.name, card);
     } else {
       card.classList.add("unavailable");

@@ -84,7 +84,7 @@ def test_a_tutorial_style_conversion_fails_on_the_same_images(real_world_images)
 
     import tensorflow as tf
 
-    from app.registry import serving_function
+    from app.runtimes import serving_function
 
     images, labels, _ = real_world_images
     pixels = np.stack([np.asarray(Image.open(io.BytesIO(data)).convert("L").resize((28, 28)))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import pytest
 import tensorflow as tf
@@ -10,7 +12,11 @@ from fastapi.testclient import TestClient
 
 from app.devices import DeviceUnavailable, select_device
 from app.main import create_app
+from app.registry import load_style
+from app.runtimes import Runtime
 from app.settings import DeviceChoice, Settings
+from digit_contract import LITERT_FILE, Style
+from tests.conftest import REPO_ROOT
 from tests.images import draw_one, encode
 
 PNG = encode(draw_one())
@@ -23,6 +29,7 @@ def mixed_model_dir(tmp_path, tiny_model_dir):
     shutil.copytree(tiny_model_dir / "functional", tmp_path / "functional")
     shutil.copytree(tiny_model_dir / "functional" / "1", tmp_path / "functional" / "2")
     (tmp_path / "functional" / "2" / "saved_model.pb").write_bytes(b"corrupted")
+    (tmp_path / "functional" / "2" / LITERT_FILE).write_bytes(b"corrupted")
     (tmp_path / "subclassed" / "1").mkdir(parents=True)
     (tmp_path / "subclassed" / "1" / "metadata.json").write_text("{}")
     return tmp_path
@@ -81,13 +88,55 @@ def test_gpu_without_a_gpu_fails_start_up_clearly(tiny_model_dir):
         pass
 
 
-def test_the_served_function_matches_the_serving_signature(tiny_model_dir):
-    from app.registry import load_style
-    from digit_contract import Style
-
+@pytest.mark.parametrize("runtime", list(Runtime)[1:])
+def test_either_runtime_matches_the_serving_signature(tiny_model_dir, runtime):
     images = tf.random.uniform((7, 28, 28, 1))
     for style in Style:
-        model = load_style(tiny_model_dir / style.value, style, "/CPU:0")
+        model = load_style(tiny_model_dir / style.value, style, "/CPU:0", runtime)
+        assert model.runtime == runtime
         signature = tf.saved_model.load(str(model.path)).signatures["serving_default"]
         expected = next(iter(signature(images).values())).numpy()
         assert abs(model.predict(images.numpy()) - expected).max() < 1e-6
+        # A batch of another size, then the first size again: the interpreter resizes.
+        assert model.predict(images.numpy()[:2]).shape == (2, 10)
+        assert abs(model.predict(images.numpy()) - expected).max() < 1e-6
+
+
+def test_the_committed_models_agree_across_runtimes():
+    import numpy as np
+
+    images = np.random.default_rng(0).random((64, 28, 28, 1), dtype=np.float32)
+    for style in Style:
+        lite, full = (load_style(REPO_ROOT / "models" / style.value, style, "/CPU:0", runtime)
+                      for runtime in (Runtime.litert, Runtime.tensorflow))
+        assert abs(lite.predict(images) - full.predict(images)).max() < 1e-5
+        assert (lite.predict(images).argmax(1) == full.predict(images).argmax(1)).all()
+
+
+def test_auto_serves_litert_on_cpu_and_tensorflow_without_the_file(tmp_path, tiny_model_dir):
+    shutil.copytree(tiny_model_dir / "sequential", tmp_path / "sequential")
+    assert load_style(tmp_path / "sequential", Style.sequential, "/CPU:0").runtime == "litert"
+    (tmp_path / "sequential" / "1" / LITERT_FILE).unlink()
+    assert load_style(tmp_path / "sequential", Style.sequential, "/CPU:0").runtime == (
+        "tensorflow")
+
+
+def test_a_cpu_server_never_imports_tensorflow(tiny_model_dir):
+    # What makes the CPU image small and its start fast: TensorFlow is not even installed
+    # there. Here it is installed, and must still not be imported.
+    script = f"""
+import sys
+from fastapi.testclient import TestClient
+from app.main import create_app
+from app.settings import Settings
+from tests.images import draw_one, encode
+with TestClient(create_app(Settings(model_dir={str(tiny_model_dir)!r}))) as client:
+    answer = client.post("/predict", content=encode(draw_one()),
+                         headers={{"content-type": "image/png"}})
+    assert answer.status_code == 200, answer.text
+    assert client.get("/models").json()["models"][0]["runtime"] == "litert"
+assert "tensorflow" not in sys.modules, "TensorFlow was imported"
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

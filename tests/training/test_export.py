@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from digit_contract import METADATA_FILE, SIGNATURE_NAME, SUMMARY_TEXT_FILE, Style
+from digit_contract import LITERT_FILE, METADATA_FILE, SIGNATURE_NAME, SUMMARY_TEXT_FILE, Style
 from training import export
 
 
@@ -22,6 +22,35 @@ def test_saved_model_gives_the_keras_outputs(tiny_models, style):
     outputs = next(iter(serve(image=tf.constant(images)).values())).numpy()
     assert outputs.shape == (16, 10) and outputs.dtype == np.float32
     np.testing.assert_allclose(outputs, np.asarray(keras_models[style](images)), atol=1e-5)
+
+
+@pytest.mark.parametrize("style", list(Style))
+def test_the_litert_file_gives_the_keras_outputs(tiny_models, style):
+    from ai_edge_litert.interpreter import Interpreter
+
+    model_dir, keras_models = tiny_models
+    images = np.random.default_rng(1).random((5, 28, 28, 1), dtype=np.float32)
+    interpreter = Interpreter(model_path=str(model_dir / style.value / "1" / LITERT_FILE))
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, list(images.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, images)
+    interpreter.invoke()
+    outputs = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(outputs, np.asarray(keras_models[style](images)), atol=1e-5)
+
+
+def test_an_older_version_gets_its_litert_file_in_place(tmp_path, tiny_model_dir):
+    import shutil
+
+    version_dir = tmp_path / "sequential" / "1"
+    shutil.copytree(tiny_model_dir / "sequential" / "1", version_dir)
+    original = (version_dir / LITERT_FILE).read_bytes()
+    (version_dir / LITERT_FILE).unlink()
+    assert export.add_litert(version_dir) is True
+    assert (version_dir / LITERT_FILE).read_bytes() == original
+    assert export.add_litert(version_dir) is False  # never overwritten
+    assert sorted(p.name for p in version_dir.iterdir() if p.name.startswith(".")) == []
 
 
 @pytest.mark.parametrize("style", list(Style))
