@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> None:
             header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s,
             max_header_bytes=settings.max_header_bytes,
             max_connections=settings.max_connections,
-            max_body_bytes=settings.max_upload_bytes)),
+            max_body_bytes=settings.max_upload_bytes,
+            max_buffered_body_bytes=settings.max_buffered_body_bytes,
+            send_timeout_s=settings.send_timeout_s)),
         access_log=False,  # the app logs each request itself, with its model and image count
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
     )

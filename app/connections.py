@@ -14,6 +14,11 @@ compose up` exposes this service directly, so it sets them itself:
   keep-alive timer and a trickle could hold the connection for ever.
 - **connections**: past `max_connections` open in one process, a new connection gets a 503
   and is closed, before it costs a parser or a task.
+- **buffered bodies**: bodies are held here until complete; past `max_buffered_body_bytes`
+  held by all the connections of a process (a hundred uploads each withholding its last
+  byte held a gigabyte), the connection that would add more gets a 503 and is closed.
+- **answers not read**: a client that stops reading its responses has its connection
+  dropped after `send_timeout_s` (uvicorn would wait for ever, the answer kept in memory).
 """
 
 from __future__ import annotations
@@ -35,17 +40,31 @@ class ConnectionLimits:
     max_header_bytes: int = 32 * 1024
     max_connections: int = 1000
     max_body_bytes: int = 10 * 1024 * 1024  # the app's upload limit: a body is buffered to it
+    max_buffered_body_bytes: int = 256 * 1024 * 1024
+    send_timeout_s: float = 60.0
+
+
+class BodyBudget:
+    """The body bytes all the connections of this process hold before the app takes them."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
 
 
 def protocol_for(limits: ConnectionLimits):
-    """What uvicorn.Config(http=...) takes: builds a limited protocol per connection."""
-    return functools.partial(LimitedHttpProtocol, limits=limits)
+    """What uvicorn.Config(http=...) takes: builds a limited protocol per connection. Each
+    server process unpickles its own copy, and so its own body budget."""
+    return functools.partial(LimitedHttpProtocol, limits=limits,
+                             budget=BodyBudget(limits.max_buffered_body_bytes))
 
 
 class LimitedHttpProtocol(HttpToolsProtocol):
-    def __init__(self, *args, limits: ConnectionLimits, **kwargs):
+    def __init__(self, *args, limits: ConnectionLimits, budget: BodyBudget, **kwargs):
         super().__init__(*args, **kwargs)
         self.limits = limits
+        self.budget = budget
+        self.send_deadline: asyncio.TimerHandle | None = None  # while writing is paused
         self.reading_headers = True  # until the current request's headers are complete
         self.header_bytes = 0  # of the current request's line and headers, so far
         self.deadline: asyncio.TimerHandle | None = None  # for its headers, or a body drain
@@ -60,7 +79,26 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disarm()
+        self.release_body()
+        if self.send_deadline is not None:
+            self.send_deadline.cancel()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.send_deadline = self.loop.call_later(self.limits.send_timeout_s, self.not_reading)
+
+    def resume_writing(self) -> None:
+        if self.send_deadline is not None:
+            self.send_deadline.cancel()
+            self.send_deadline = None
+        super().resume_writing()
+
+    def not_reading(self) -> None:
+        client = "{}:{}".format(*self.client) if self.client else "?"
+        logger.info("%s: dropped: read none of its answer for %g s", client,
+                    self.limits.send_timeout_s)
+        self.transport.abort()  # the unsent answer is discarded with the connection
 
     def data_received(self, data: bytes) -> None:
         if self.reading_headers and self.deadline is None:
@@ -106,8 +144,12 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
             return
+        if self.budget.held + len(body) > self.budget.limit:
+            self.refuse(503, "This server process is receiving too many uploads at once; "
+                             "retry shortly.", b"retry-after: 1\r\n")
+            return
         if not isinstance(cycle.body, Chunks):
-            cycle.body = Chunks()
+            cycle.body = Chunks(self.budget)
         cycle.body += body
         if len(cycle.body) > self.limits.max_body_bytes:
             self.flow.pause_reading()
@@ -120,9 +162,14 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         answered = self.cycle
+        self.release_body()  # answered without reading all of it (an early 413, a 404)
         super().on_response_complete()
         if answered.more_body and not self.transport.is_closing():
             self.arm(self.limits.body_timeout_s, self.transport.close)
+
+    def release_body(self) -> None:
+        if self.cycle is not None and isinstance(self.cycle.body, Chunks):
+            self.cycle.body.release()
 
     def headers_too_slow(self) -> None:
         self.deadline = None
@@ -133,11 +180,12 @@ class LimitedHttpProtocol(HttpToolsProtocol):
                              "s to arrive.")
 
     def refuse(self, status: int, message: str, extra_headers: bytes = b"") -> None:
-        """Answer `status` and close, from the protocol: no request of this connection has
-        reached the app, or the one that has is left to finish on its own."""
+        """Answer `status` and close, from the protocol, unless the app has begun an answer
+        (then only close). An app still running sees the client gone and answers no more."""
         client = "{}:{}".format(*self.client) if self.client else "?"
         logger.info("%s: refused with %d: %s", client, status, message)
-        if self.cycle is None or self.cycle.response_complete:
+        if (self.cycle is None or self.cycle.response_complete
+                or not self.cycle.response_started):
             body = message.encode()
             self.transport.write(
                 b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
@@ -160,9 +208,10 @@ class Chunks:
     `receive()` takes `bytes(cycle.body)`, then starts a new buffer). Small chunks (a
     trickle of single bytes) are merged, so that each costs a byte, not an object."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: BodyBudget) -> None:
         self.parts: list[bytes | bytearray] = []
         self.size = 0
+        self.budget = budget
 
     def __iadd__(self, chunk: bytes) -> Chunks:
         if len(chunk) >= SMALL_CHUNK_BYTES:
@@ -172,13 +221,20 @@ class Chunks:
         else:
             self.parts.append(bytearray(chunk))
         self.size += len(chunk)
+        self.budget.held += len(chunk)
         return self
 
     def __len__(self) -> int:
         return self.size
 
     def __bytes__(self) -> bytes:
-        return b"".join(self.parts)
+        data = b"".join(self.parts)
+        self.release()  # the app has it now
+        return data
+
+    def release(self) -> None:
+        self.budget.held -= self.size
+        self.parts, self.size = [], 0
 
 
 SMALL_CHUNK_BYTES = 16 * 1024

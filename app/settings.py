@@ -68,6 +68,12 @@ class Settings(BaseSettings):
         "long the rest of a body answered early may drain before the connection closes.")
     max_header_bytes: int = Field(
         32 * 1024, gt=0, description="Largest request line and headers, together (431).")
+    send_timeout_s: float = Field(
+        60.0, gt=0, description="Longest a client may leave its answer unread (its connection "
+        "is then dropped).")
+    max_buffered_body_bytes: int = Field(
+        256 * 1024 * 1024, gt=0, description="Request-body bytes all connections of a server "
+        "process may hold while they arrive; past it a connection adding more gets 503.")
     max_connections: int = Field(
         1000, gt=0, description="Open connections per server process; past it a new one "
         "gets 503 and is closed.")

@@ -45,7 +45,8 @@ def describe(registry: ModelRegistry, style: Style) -> ModelInfo:
         model = registry.loaded[style]
         return ModelInfo(
             name=style, status="ready", version=model.version, versions=list(model.versions),
-            device=model.device, runtime=model.runtime.value, total_params=model.metadata["summary"]["total_params"],
+            device=model.device, runtime=model.runtime.value,
+            total_params=model.metadata["summary"]["total_params"],
             metrics={k: v for k, v in model.metadata.get("metrics", {}).items()
                      if isinstance(v, int | float)},
             detail=("newer versions failed to load: " + "; ".join(model.skipped))

@@ -166,7 +166,8 @@ def test_metrics_count_requests_images_and_inference(client):
     assert 'digits_images_per_request_bucket{le="2.0",model="sequential"}' in text
     assert re.search(r'digits_inference_seconds_count\{model="sequential"\} [1-9]', text)
     assert re.search(r'digits_batch_size_count\{model="sequential"\} [1-9]', text)
-    assert 'digits_model_loaded{device="/CPU:0",model="functional",version="1"} 1.0' in text
+    assert ('digits_model_loaded{device="/CPU:0",model="functional",runtime="litert",'
+            'version="1"} 1.0') in text
 
 
 def test_openapi_documents_the_endpoints(client):

@@ -17,8 +17,9 @@ import pytest
 from tests.images import draw_one, encode
 from tests.servers import resident_mib, start_server
 
-HEADER_TIMEOUT_S, BODY_TIMEOUT_S = 1, 2
+HEADER_TIMEOUT_S, BODY_TIMEOUT_S, SEND_TIMEOUT_S = 1, 2, 2
 MAX_HEADER_BYTES, MAX_CONNECTIONS = 8192, 12
+MAX_UPLOAD_BYTES, MAX_BUFFERED_BODY_BYTES = 2_000_000, 3_000_000
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,8 @@ def server(tiny_model_dir):
     process, base = start_server(
         tiny_model_dir, header_timeout_s=HEADER_TIMEOUT_S, body_timeout_s=BODY_TIMEOUT_S,
         max_header_bytes=MAX_HEADER_BYTES, max_connections=MAX_CONNECTIONS,
+        send_timeout_s=SEND_TIMEOUT_S, max_upload_bytes=MAX_UPLOAD_BYTES,
+        max_buffered_body_bytes=MAX_BUFFERED_BODY_BYTES, max_images_per_request=2048,
         preprocess_workers=1)
     yield process, base
     process.terminate()
@@ -215,3 +218,73 @@ def test_requests_pipelined_far_ahead_of_their_answers_are_cut(server):
     assert answers.count(b"HTTP/1.1 200 ") < 20_000  # cut long before the end
     assert resident_mib(process.pid) - before < 50
     assert valid_prediction(base) < 5
+
+
+def withholding_upload(base: str, sent: int) -> socket.socket:
+    """A connection that announces a full-size upload, sends `sent` bytes of it, and waits."""
+    sock = connect(base)
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                 + f"Content-Length: {MAX_UPLOAD_BYTES}\r\n\r\n".encode() + b"\0" * sent)
+    return sock
+
+
+def test_uploads_withholding_their_end_share_one_budget(server):
+    # Two uploads each hold 1.4 MB, waiting for their last bytes; a third would take the
+    # process past its 3 MB budget: it gets 503 (or is cut off), while small requests are
+    # still answered. Once the two go, uploads fit again.
+    _, base = server
+    held = [withholding_upload(base, 1_400_000) for _ in range(2)]
+    try:
+        time.sleep(0.5)  # let the server read what they sent
+        third = withholding_upload(base, 0)
+        try:
+            third.sendall(b"\0" * 400_000)
+        except OSError:
+            pass  # reset while sending: refused all the same
+        answer = read_until_closed(third)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 503"), answer[:200]
+        third.close()
+        assert valid_prediction(base) < 5
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while True:  # the budget is given back as the server notices the two are gone
+        sock = withholding_upload(base, 1_400_000)
+        sock.sendall(b"\0" * (MAX_UPLOAD_BYTES - 1_400_000))
+        answer = read_until_closed(sock)
+        sock.close()
+        if answer.startswith(b"HTTP/1.1 415") or time.monotonic() > deadline:
+            break
+    assert answer.startswith(b"HTTP/1.1 415"), answer[:200]  # read whole: not an image
+
+
+def test_a_client_that_reads_no_answer_is_dropped(server):
+    # Pipelined requests for 2,048 predictions each, with the images the models saw:
+    # answers of ~8 MB in all, which the client never reads. Once the socket buffers are full, the
+    # server waits SEND_TIMEOUT_S for the client to read, then drops the connection.
+    _, base = server
+    boundary = b"b0undary"
+    part = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; '
+            b'filename="d.png"\r\nContent-Type: image/png\r\n\r\n'
+            + encode(draw_one().resize((28, 42))) + b"\r\n")
+    body = part * 2048 + b"--" + boundary + b"--\r\n"
+    request = (b"POST /predict?debug=true HTTP/1.1\r\nHost: x\r\nContent-Type: "
+               b"multipart/form-data; boundary=" + boundary
+               + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    answer = httpx.post(f"{base}/predict?debug=true", content=body, headers={
+        "content-type": "multipart/form-data; boundary=b0undary"}, timeout=30)
+    assert answer.status_code == 200
+    pipelined = 12
+    assert pipelined * len(answer.content) > 6_000_000  # past what the kernel buffers
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: small
+    host, port = base.removeprefix("http://").split(":")
+    sock.connect((host, int(port)))
+    sock.settimeout(30)
+    sock.sendall(request * pipelined)
+    time.sleep(SEND_TIMEOUT_S + 3)
+    assert valid_prediction(base) < 5
+    received = read_until_closed(sock)  # ends: the server has hung up
+    sock.close()
+    assert len(received) < pipelined * len(answer.content)
