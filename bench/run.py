@@ -274,7 +274,8 @@ def markdown(r: dict) -> str:
                      f"{m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['errors']} |")
     raw = r["raw"]
     lines += [
-        "", f"Raw SavedModel serving function, in-process: "
+        "", f"The raw model as the service runs it ({raw.get('runtime', 'tensorflow')}), "
+        "in-process: "
         f"{raw['batch_1_images_per_s']:,.0f} images/s at batch 1, "
         f"{raw['batch_128_images_per_s']:,.0f} images/s at batch 128.",
         f"Service cold start to ready: {r['service_cold_start_s']:.1f} s; RSS (with its workers) "
