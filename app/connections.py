@@ -65,6 +65,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self.limits = limits
         self.budget = budget
         self.send_deadline: asyncio.TimerHandle | None = None  # while writing is paused
+        # Each request's buffered body, with its request: with pipelining, the request
+        # answered is not always the one parsed last (`self.cycle`).
+        self.bodies: list[tuple[object, Chunks]] = []
+        self.trailer_bytes = 0  # of the current request's chunked-body trailers
         self.reading_headers = True  # until the current request's headers are complete
         self.header_bytes = 0  # of the current request's line and headers, so far
         self.deadline: asyncio.TimerHandle | None = None  # for its headers, or a body drain
@@ -79,7 +83,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disarm()
-        self.release_body()
+        self.release_bodies(everything=True)
         if self.send_deadline is not None:
             self.send_deadline.cancel()
         super().connection_lost(exc)
@@ -142,6 +146,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         # body the app accepts (which then refuses it). Reading pauses at that point, so a
         # connection whose app does not read holds no more than the app itself would.
         cycle = self.cycle
+        if self.transport.is_closing():  # refused: the rest of this read is not wanted
+            return
         if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
             return
         if self.budget.held + len(body) > self.budget.limit:
@@ -150,6 +156,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             return
         if not isinstance(cycle.body, Chunks):
             cycle.body = Chunks(self.budget)
+            self.bodies.append((cycle, cycle.body))
         cycle.body += body
         if len(cycle.body) > self.limits.max_body_bytes:
             self.flow.pause_reading()
@@ -157,19 +164,37 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        self.reading_headers, self.header_bytes = True, 0
+        self.reading_headers, self.header_bytes, self.trailer_bytes = True, 0, 0
         self.disarm()
 
     def on_response_complete(self) -> None:
         answered = self.cycle
-        self.release_body()  # answered without reading all of it (an early 413, a 404)
+        self.release_bodies()  # answered without reading all of it (an early 413, a 404)
         super().on_response_complete()
         if answered.more_body and not self.transport.is_closing():
             self.arm(self.limits.body_timeout_s, self.transport.close)
 
-    def release_body(self) -> None:
-        if self.cycle is not None and isinstance(self.cycle.body, Chunks):
-            self.cycle.body.release()
+    def release_bodies(self, everything: bool = False) -> None:
+        """Give back to the budget the bodies of answered requests (or of all of them)."""
+        keep = []
+        for cycle, body in self.bodies:
+            if everything or cycle.response_complete:
+                body.release()
+            else:
+                keep.append((cycle, body))
+        self.bodies = keep
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.reading_headers:
+            # Trailers of a chunked body: uvicorn adds them to the request's headers, so
+            # they are capped as headers are (unbounded, 20 MB of them grew the server by
+            # 470 MB).
+            self.trailer_bytes += len(name) + len(value)
+            if self.trailer_bytes > self.limits.max_header_bytes:
+                self.refuse(431, "The chunked body's trailers are over "
+                                 f"{self.limits.max_header_bytes:,} bytes.")
+                return
+        super().on_header(name, value)
 
     def headers_too_slow(self) -> None:
         self.deadline = None
@@ -182,6 +207,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def refuse(self, status: int, message: str, extra_headers: bytes = b"") -> None:
         """Answer `status` and close, from the protocol, unless the app has begun an answer
         (then only close). An app still running sees the client gone and answers no more."""
+        if self.transport.is_closing():
+            return  # already refused or closed: one answer, one log line
         client = "{}:{}".format(*self.client) if self.client else "?"
         logger.info("%s: refused with %d: %s", client, status, message)
         if (self.cycle is None or self.cycle.response_complete

@@ -4,7 +4,9 @@ What Prometheus scrapes stays off the public port, where it would tell anyone th
 the models and the error rates. The listener is deliberately small: one request per
 connection, its head read within a few seconds and a few kilobytes, `GET /metrics` or a 404,
 then close. Each server process listens on the port with SO_REUSEPORT, so a scrape reads
-the process that took the connection (as `/metrics` on the main port always has).
+the process that took the connection (as `/metrics` on the main port always has). It has
+no key: keep the port off the public network (the k8s Service does not expose it; add a
+NetworkPolicy where other pods must not reach it).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from app.processes import reuse_port_socket
 
 logger = logging.getLogger("digits.metrics")
 
-HEAD_TIMEOUT_S = 5.0
+HEAD_TIMEOUT_S = 2.0  # 32 silent clients hold the listener for this long
 MAX_HEAD_BYTES = 8 * 1024
 MAX_CONNECTIONS = 32
 

@@ -117,12 +117,25 @@ def load_style(style_dir: Path, style: Style, device: str, runtime: Runtime = Ru
 def load_version(path: Path, style: Style, version: int, versions: tuple[int, ...],
                  device: str, runtime: Runtime = Runtime.auto, threads: int = 1) -> LoadedModel:
     metadata = json.loads((path / METADATA_FILE).read_text())
+    check_metadata(metadata)
     runtime = choose(runtime, device, path)
     run, keep = load(runtime, path, device, threads)
     model = LoadedModel(style=style, version=version, versions=versions, device=device,
                         path=path, metadata=metadata, run=run, runtime=runtime, keep=keep)
     warm_up(model)
     return model
+
+
+def check_metadata(metadata) -> None:
+    """What the routes read from metadata.json must be there: a version whose file lacks it
+    is a broken version (the next one down serves), not a 500 on /models later."""
+    summary = metadata.get("summary") if isinstance(metadata, dict) else None
+    if not isinstance(summary, dict) or not SUMMARY_KEYS <= summary.keys():
+        raise ValueError(f"{METADATA_FILE} has no complete model summary")
+
+
+SUMMARY_KEYS = {"text", "class_name", "layers", "total_params", "trainable_params",
+                "non_trainable_params"}
 
 
 def warm_up(model: LoadedModel) -> None:

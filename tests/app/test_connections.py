@@ -288,3 +288,52 @@ def test_a_client_that_reads_no_answer_is_dropped(server):
     received = read_until_closed(sock)  # ends: the server has hung up
     sock.close()
     assert len(received) < pipelined * len(answer.content)
+
+
+def test_answered_pipelined_requests_give_their_bodies_back(server):
+    # From the outside attack: each round, a request answered without reading its 50 KB
+    # body, with another request behind it in the same write. The body's bytes must
+    # return to the budget (3 MB here): 100 rounds would otherwise exhaust it for good.
+    _, base = server
+    rounds = b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n" + (
+        b"x" * 50_000) + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    for _ in range(100):
+        sock = connect(base)
+        sock.sendall(rounds)
+        assert read_until_closed(sock).count(b"HTTP/1.1 200") == 2
+        sock.close()
+    sock = withholding_upload(base, MAX_UPLOAD_BYTES)  # a whole 2 MB upload still fits
+    answer = read_until_closed(sock)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 415"), answer[:200]
+
+
+def test_pipelined_uploads_keep_their_own_bodies(server):
+    _, base = server
+    png = encode(draw_one())
+    one = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+           + f"Content-Length: {len(png)}\r\n".encode())
+    sock = connect(base)
+    sock.sendall((one + b"\r\n" + png) * 2 + one + b"Connection: close\r\n\r\n" + png)
+    answers = read_until_closed(sock)
+    sock.close()
+    assert answers.count(b"HTTP/1.1 200") == 3, answers[:500]
+
+
+def test_chunked_trailers_are_capped_like_headers(server):
+    process, base = server
+    before = resident_mib(process.pid)
+    sock = connect(base)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"0\r\n")
+    try:
+        for _ in range(20):
+            sock.sendall(b"a:b\r\n" * 200_000)  # 1 MB of trailer lines per round
+    except OSError:
+        pass  # cut off while sending
+    answer = read_until_closed(sock)
+    sock.close()
+    # /healthz may answer before its trailers end; then the 431, and the connection closes.
+    assert answer == b"" or b"HTTP/1.1 431" in answer, answer[:300]
+    assert resident_mib(process.pid) - before < 50
+    assert valid_prediction(base) < 5

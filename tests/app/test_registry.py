@@ -140,3 +140,15 @@ assert "tensorflow" not in sys.modules, "TensorFlow was imported"
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_version_whose_metadata_lacks_the_summary_is_broken(tmp_path, tiny_model_dir):
+    shutil.copytree(tiny_model_dir / "sequential", tmp_path / "sequential")
+    shutil.copytree(tiny_model_dir / "sequential" / "1", tmp_path / "sequential" / "2")
+    (tmp_path / "sequential" / "2" / "metadata.json").write_text("{}")
+    with TestClient(create_app(Settings(model_dir=tmp_path, device="cpu"))) as client:
+        listing = client.get("/models")
+        assert listing.status_code == 200
+        sequential = next(m for m in listing.json()["models"] if m["name"] == "sequential")
+        assert sequential["version"] == 1 and "version 2" in sequential["detail"]
+        assert client.get("/models/sequential/summary").status_code == 200
