@@ -337,3 +337,20 @@ def test_chunked_trailers_are_capped_like_headers(server):
     assert answer == b"" or b"HTTP/1.1 431" in answer, answer[:300]
     assert resident_mib(process.pid) - before < 50
     assert valid_prediction(base) < 5
+
+
+def test_a_body_in_tiny_chunks_is_cut_off(server):
+    # 1-byte chunks cost a parser callback each: past 65,536 pieces the body is refused.
+    process, base = server
+    sock = connect(base)
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n")
+    try:
+        for _ in range(10):
+            sock.sendall(b"1\r\nx\r\n" * 10_000)
+    except OSError:
+        pass  # cut off while sending
+    answer = read_until_closed(sock)
+    sock.close()
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert valid_prediction(base) < 5
