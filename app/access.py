@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import logging
 from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-logger = logging.getLogger("digits.access")
+from app.middleware import send_json
 
 # Open without a key: what probes call (kubelet, compose healthchecks) and the page's own
 # files, which hold no data (the page asks for a key when the API answers 401).
@@ -65,13 +63,9 @@ class RequireApiKey:
         if scope["type"] != "http" or self.allowed(scope):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"detail": "An API key is required: send 'Authorization: Bearer "
-                                     "<key>' or 'X-API-Key: <key>'."}).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"www-authenticate", b'Bearer realm="digit-service"')]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 401, "An API key is required: send 'Authorization: Bearer "
+                                   "<key>' or 'X-API-Key: <key>'.",
+                        [(b"www-authenticate", b'Bearer realm="digit-service"')])
 
     def allowed(self, scope: Scope) -> bool:
         path = scope["path"]

@@ -152,8 +152,9 @@ def add_error_handlers(app: FastAPI) -> None:
 MMAP_THRESHOLD = 256 * 1024
 # glibc's M_TRIM_THRESHOLD: free memory at the top of the heap beyond this goes back to the
 # system. Fixing the mmap threshold leaves it at 128 KB, so the heap shrank and regrew (a
-# page fault per 4 KB) for every socket chunk of an upload: a multi-megabyte body cost
-# 15.6 ms of the server's CPU, 9.6 ms with 32 MB kept (`python -m bench.hostile_cpu`).
+# page fault per 4 KB) for every socket chunk of an upload. Kept, it costs each server
+# process up to this much memory after a burst of uploads (`make soak`'s memory ratio);
+# `python -m bench.hostile_cpu` shows what the big bodies cost the server's CPU.
 TRIM_THRESHOLD = 32 * 1024 * 1024
 
 

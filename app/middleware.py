@@ -21,11 +21,7 @@ class RefuseEncodedSlashes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and b"%2f" in scope.get("raw_path", b"").lower():
-            body = json.dumps({"detail": "Not Found: the path has an encoded slash (%2F)."})
-            await send({"type": "http.response.start", "status": 404,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body.encode()})
+            await send_json(send, 404, "Not Found: the path has an encoded slash (%2F).")
             return
         await self.app(scope, receive, send)
 
@@ -57,9 +53,15 @@ class ShedOnShutdown:
         except asyncio.CancelledError:
             if started:
                 raise
-            body = json.dumps({"detail": "The server is shutting down; retry."}).encode()
-            await send({"type": "http.response.start", "status": 503,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode()),
-                                    (b"retry-after", b"1"), (b"connection", b"close")]})
-            await send({"type": "http.response.body", "body": body})
+            await send_json(send, 503, "The server is shutting down; retry.",
+                            [(b"retry-after", b"1"), (b"connection", b"close")])
+
+
+async def send_json(send: Send, status: int, detail: str,
+                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Answer `{"detail": ...}` with `status` from a middleware, before or without the app."""
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
