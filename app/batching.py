@@ -38,9 +38,23 @@ class QueueFull(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
+class Partial:
+    """A request some of whose items could not be prepared: the rest go to the model, and
+    the failures ride along to the answer, by position in the request."""
+
+    inputs: np.ndarray              # the items that could be prepared, in request order
+    errors: dict[int, Exception]    # position in the request -> why that item failed
+
+    def __len__(self) -> int:
+        return len(self.inputs) + len(self.errors)
+
+
+@dataclasses.dataclass(frozen=True)
 class BatchResult:
-    inputs: np.ndarray   # what the model was given for this request: [n, ...]
-    outputs: np.ndarray  # what it answered: [n, ...]
+    inputs: np.ndarray   # what the model was given for this request: [m, ...]
+    outputs: np.ndarray  # what it answered: [m, ...]
+    # Items that never reached the model, by position in the request (see Partial).
+    errors: dict[int, Exception] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -55,6 +69,10 @@ BatchObserver = Callable[[int, float, float], None]
 """Called with (images in the model call, seconds the oldest job waited, seconds it ran)."""
 
 
+def _inputs_of(outcome: np.ndarray | Partial) -> np.ndarray:
+    return outcome.inputs if isinstance(outcome, Partial) else outcome
+
+
 def _identity(payloads: list[Any]) -> list[Any]:
     return payloads
 
@@ -65,8 +83,8 @@ class Batcher:
     Args:
         predict: the model: an array of n inputs -> an array of n outputs.
         prepare: turns the payloads of a batch's requests into their model inputs, one
-            array ([size, ...]) or exception per request, in order; runs in the batch
-            thread, and an exception fails that request alone.
+            array ([size, ...]), Partial or exception per request, in order; runs in the
+            batch thread, and an exception fails that request alone.
     """
 
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], *, max_batch_size: int,
@@ -188,7 +206,8 @@ class Batcher:
         ready = [i for i, outcome in enumerate(outcomes) if not isinstance(outcome, Exception)]
         if not ready:
             return outcomes
-        inputs = [outcomes[i] for i in ready]
+        errors = {i: outcomes[i].errors for i in ready if isinstance(outcomes[i], Partial)}
+        inputs = [_inputs_of(outcomes[i]) for i in ready]
         batch = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
         started = time.perf_counter()
         try:
@@ -198,15 +217,15 @@ class Batcher:
                 outcomes[ready[0]] = error
                 return outcomes
             # Find the request that broke the batch: run each alone, so only it fails.
-            for i in ready:
-                outcomes[i] = self._predict_alone(outcomes[i])
+            for i, job_inputs in zip(ready, inputs, strict=True):
+                outcomes[i] = self._predict_alone(job_inputs, errors.get(i, {}))
             return outcomes
         if self._observe is not None:
             self._observe(len(batch), waited, time.perf_counter() - started)
         offset = 0
         for i, job_inputs in zip(ready, inputs, strict=True):
             end = offset + len(job_inputs)
-            outcomes[i] = BatchResult(job_inputs, outputs[offset:end])
+            outcomes[i] = BatchResult(job_inputs, outputs[offset:end], errors.get(i, {}))
             offset = end
         return outcomes
 
@@ -217,9 +236,10 @@ class Batcher:
             return error
         return outcome
 
-    def _predict_alone(self, inputs: np.ndarray) -> BatchResult | Exception:
+    def _predict_alone(self, inputs: np.ndarray,
+                       errors: dict[int, Exception]) -> BatchResult | Exception:
         try:
-            return BatchResult(inputs, self._predict_in_chunks(inputs))
+            return BatchResult(inputs, self._predict_in_chunks(inputs), errors)
         except Exception as error:  # noqa: BLE001
             return error
 

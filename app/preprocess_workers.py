@@ -36,7 +36,7 @@ from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
-from app.batching import QueueFull
+from app.batching import Partial, QueueFull
 from app.decoding import (
     DecodeLimits,
     ImageError,
@@ -220,7 +220,7 @@ class DecoderPool:
 
     @staticmethod
     def _out_of_time(budget: float) -> ImageTooLarge:
-        return ImageTooLarge(f"The request's images took over {budget:g} s of CPU to decode; "
+        return RequestTooLarge(f"The request's images took over {budget:g} s of CPU to decode; "
                              "send fewer or smaller images.")
 
     def _collect(self, running: dict[_Worker, _Running], waiting: collections.deque,
@@ -300,12 +300,14 @@ class DecoderPool:
             answers[:] = [error] * len(answers)
 
     def _fail(self, state: _Running, by_task: dict[int, list], error: ImageError) -> str:
-        """The image a worker was on gets `error`; the rest of its task go undecoded (the
-        request fails on its first error anyway, which is this one). Says which image."""
+        """The image a worker was on gets `error`; the rest of its task go undecoded, so
+        that one request can stop a decoder once at most. Says which image."""
         task, answers = state.task, by_task[id(state.task)]
         answers[state.done] = error
         for i in range(state.done + 1, len(answers)):
-            answers[i] = ImageError("Not decoded: an earlier image of the request failed.")
+            answers[i] = ImageError(
+                f"Not decoded: image #{task.positions[state.done] + 1} of this request stopped "
+                "its decoder, and the images queued behind it there were dropped.")
         return (f"on image #{task.positions[state.done] + 1} of a request, sha256 "
                 f"{hashlib.sha256(task.blobs[state.done]).hexdigest()}")
 
@@ -485,7 +487,7 @@ class PreprocessWorkers:
             inspected.append(Upload(upload.label, upload.data, header))
         return inspected
 
-    async def prepare_ahead(self, uploads: list[Upload]) -> np.ndarray:
+    async def prepare_ahead(self, uploads: list[Upload]) -> np.ndarray | Partial:
         """A request's digits, decoded now (in the workers, waited for in a thread)."""
         if self._waiting_images + len(uploads) > self.max_waiting_images:
             raise QueueFull(f"{self._waiting_images} images are waiting for the decoder "
@@ -500,15 +502,15 @@ class PreprocessWorkers:
             raise outcome
         return outcome
 
-    def __call__(self, requests: list[list[Upload] | np.ndarray]
-                 ) -> list[np.ndarray | UploadError]:
-        """Each request's digits (uint8 [n, 28, 28]) or its error; a request already
-        prepared (an array) passes through."""
+    def __call__(self, requests: list[list[Upload] | np.ndarray | Partial]
+                 ) -> list[np.ndarray | Partial | UploadError]:
+        """Each request's digits (uint8 [n, 28, 28], or a Partial when some images could
+        not be read) or its error; a request already prepared passes through."""
         answers: list[list] = [[None] * len(uploads) for uploads in requests]
         here: list[tuple[int, int, ImageHeader]] = []
         elsewhere: list[list[_Task]] = []
         for r, uploads in enumerate(requests):
-            if not isinstance(uploads, np.ndarray):
+            if not isinstance(uploads, np.ndarray | Partial):
                 self._route(r, uploads, answers[r], here, elsewhere)
         if here:
             prepared = prepare_images([requests[r][i].data for r, i, _ in here],
@@ -519,25 +521,30 @@ class PreprocessWorkers:
             for task, results in zip(tasks, self.pool.run(tasks), strict=True):
                 for i, result in zip(task.positions, results, strict=True):
                     answers[task.request][i] = result
-        return [uploads if isinstance(uploads, np.ndarray) else self._outcome(uploads, mine)
+        return [uploads if isinstance(uploads, np.ndarray | Partial)
+                else self._outcome(uploads, mine)
                 for uploads, mine in zip(requests, answers, strict=True)]
 
     def _route(self, r: int, uploads: list[Upload], answers: list, here: list,
                elsewhere: list[list[_Task]]) -> None:
-        """Inspect one request's images; queue them here or for the workers, or fail it."""
+        """Inspect one request's images; queue them here or for the workers. An image that
+        fails inspection gets its error and the others go on; a request over its pixel
+        budget is failed as a whole (see `_outcome`)."""
         local, pooled, pixels, pixel_counts = [], [], 0, {}
         for i, upload in enumerate(uploads):
             try:
                 header = upload.header or inspect(upload.data, self.decode_limits)
             except ImageError as error:
                 answers[i] = error
-                return  # the request fails on this image; decode none of it
+                continue
             pixels += header.pixels
             pixel_counts[i] = header.pixels
             if pixels > self.max_request_pixels:
-                answers[i] = ImageTooLarge(
-                    f"The request's images add up to over {self.max_request_pixels:,} pixels "
+                answers[:] = [RequestTooLarge(
+                    f"{upload.label}: the request's images add up to over "
+                    f"{self.max_request_pixels:,} pixels "
                     "(DIGITS_MAX_REQUEST_PIXELS); send fewer or smaller images per request.")
+                ] * len(answers)
                 return
             if header.simple or self.pool is None:
                 local.append((r, i, header))
@@ -554,12 +561,32 @@ class PreprocessWorkers:
                                             np.array_split(np.array(pooled), parts))])
 
     @staticmethod
-    def _outcome(uploads: list[Upload], answers: list) -> np.ndarray | UploadError:
-        for upload, answer in zip(uploads, answers, strict=True):
+    def _outcome(uploads: list[Upload], answers: list) -> np.ndarray | Partial | UploadError:
+        """The request's digits; with some images unreadable, a Partial (each of those gets
+        its own error entry in the answer); with none readable, or a request-wide limit
+        broken, the request's error."""
+        errors = {}
+        for i, (upload, answer) in enumerate(zip(uploads, answers, strict=True)):
+            if isinstance(answer, RequestTooLarge):
+                return UploadError(answer.status_code, str(answer))
             if isinstance(answer, ImageError):
                 log_rejection(answer, upload.data)
-                return as_upload_error(upload, answer)
-        return np.stack(answers)
+                errors[i] = as_upload_error(upload, answer)
+        if not errors:
+            return np.stack(answers)
+        if len(errors) == len(uploads):
+            first = next(iter(errors.values()))
+            if len(uploads) == 1:
+                return first
+            return UploadError(first.status_code,
+                               f"None of the {len(uploads)} images could be read; the first: "
+                               f"{first.detail}")
+        return Partial(np.stack([a for a in answers if not isinstance(a, ImageError)]), errors)
+
+
+class RequestTooLarge(ImageTooLarge):
+    """A limit on the whole request (its total pixels, its decoding time) is broken: the
+    request fails as a whole, whatever its images."""
 
 
 def as_upload_error(upload: Upload, error: ImageError) -> UploadError:

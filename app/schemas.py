@@ -28,18 +28,34 @@ ERROR_MEANINGS = {
 }
 
 
+class ImageFailure(BaseModel):
+    status: int = Field(description="The HTTP status this image alone would have got.",
+                        examples=[400])
+    detail: str = Field(description="Which image, and why it could not be read.")
+
+
 class Prediction(BaseModel):
-    digit: int = Field(ge=0, le=9, examples=[7])
-    confidence: float = Field(description="Probability of `digit`.", examples=[0.998])
-    probabilities: list[float] = Field(description="Probability of each digit 0-9.")
+    """One image's answer: its digit, or (in a request of several images) its `error`."""
+
+    digit: int | None = Field(None, ge=0, le=9, examples=[7])
+    confidence: float | None = Field(None, description="Probability of `digit`.",
+                                     examples=[0.998])
+    probabilities: list[float] | None = Field(None,
+                                              description="Probability of each digit 0-9.")
     model_input: str | None = Field(
         None, description="With ?debug=true: the 28x28 image the model saw, as base64 PNG.")
+    error: ImageFailure | None = Field(
+        None, description="Only for an image that could not be read, in a request of several: "
+                          "the others are still answered (200). A single image that can't be "
+                          "read fails its request with this status instead.")
 
 
 class PredictResponse(BaseModel):
     model: Style
     version: int
-    predictions: list[Prediction] = Field(description="One per image, in request order.")
+    predictions: list[Prediction] = Field(
+        description="One per image, in request order: a digit, or an `error` entry for an "
+                    "image that could not be read.")
 
 
 class ModelInfo(BaseModel):

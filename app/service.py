@@ -9,12 +9,12 @@ import numpy as np
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from app.batching import Batcher
+from app.batching import Batcher, BatchResult
 from app.decoding import DecodeLimits
 from app.observability import Metrics
 from app.preprocess_workers import PreprocessWorkers, WorkerLimits
 from app.registry import LoadedModel, ModelRegistry
-from app.schemas import Prediction, PredictResponse
+from app.schemas import ImageFailure, Prediction, PredictResponse
 from app.settings import Settings
 from app.uploads import Upload
 from digit_contract import scale_pixels
@@ -62,8 +62,8 @@ class PredictionService:
             payload = await self.preprocess.prepare_ahead(uploads)
         result = await self.batchers[model.style].submit(payload, size=len(uploads))
         if debug:  # encoding a PNG per image is CPU work: keep it off the event loop
-            return await run_in_threadpool(build_response, model, result.outputs, result.inputs)
-        return build_response(model, result.outputs, None)
+            return await run_in_threadpool(build_response, model, result, True)
+        return build_response(model, result, False)
 
 
 def model_on_pixels(model: LoadedModel):
@@ -74,16 +74,24 @@ def model_on_pixels(model: LoadedModel):
     return predict
 
 
-def build_response(model: LoadedModel, probabilities: np.ndarray,
-                   pixels: np.ndarray | None) -> PredictResponse:
-    digits = probabilities.argmax(axis=1)
-    rounded = probabilities.astype(np.float64).round(6).tolist()
-    predictions = [
+def build_response(model: LoadedModel, result: BatchResult, debug: bool) -> PredictResponse:
+    """One entry per image, in request order: the model's answer, or the image's error."""
+    digits = result.outputs.argmax(axis=1)
+    rounded = result.outputs.astype(np.float64).round(6).tolist()
+    answered = iter([
         Prediction(digit=int(digit), confidence=row[digit], probabilities=row,
-                   model_input=None if pixels is None else encode_png(pixels[i]))
+                   model_input=encode_png(result.inputs[i]) if debug else None)
         for i, (digit, row) in enumerate(zip(digits, rounded, strict=True))
-    ]
+    ])
+    count = len(digits) + len(result.errors)
+    predictions = [failure(result.errors[i]) if i in result.errors else next(answered)
+                   for i in range(count)]
     return PredictResponse(model=model.style, version=model.version, predictions=predictions)
+
+
+def failure(error: Exception) -> Prediction:
+    return Prediction(error=ImageFailure(status=getattr(error, "status_code", 400),
+                                         detail=str(error)))
 
 
 def encode_png(pixels: np.ndarray) -> str:

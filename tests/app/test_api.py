@@ -202,12 +202,30 @@ def test_blank_image_is_400(client):
     assert response.status_code == 400 and "No digit" in response.json()["detail"]
 
 
-def test_one_bad_file_fails_the_request_and_is_named(client):
+def test_one_bad_file_costs_only_itself_and_is_named(client):
     files = [("file", ("good.png", PNG, "image/png")),
-             ("file", ("bad.png", PNG[:60], "image/png"))]
+             ("file", ("bad.png", PNG[:60], "image/png")),
+             ("file", ("also-good.png", PNG, "image/png"))]
+    response = client.post("/predict", files=files)
+    assert response.status_code == 200
+    good, bad, also_good = response.json()["predictions"]
+    assert good["digit"] == also_good["digit"] and "error" not in good
+    assert bad["error"]["status"] == 400 and "digit" not in bad
+    assert "file #2 ('bad.png')" in bad["error"]["detail"]
+
+
+def test_a_lone_bad_file_fails_its_request(client):
+    response = client.post("/predict", files=[("file", ("bad.png", PNG[:60], "image/png"))])
+    assert response.status_code == 400
+    assert "file #1 ('bad.png')" in response.json()["detail"]
+
+
+def test_a_request_with_no_readable_file_fails(client):
+    files = [("file", ("bad.png", PNG[:60], "image/png")),
+             ("file", ("x.txt", b"hello", "text/plain"))]
     response = client.post("/predict", files=files)
     assert response.status_code == 400
-    assert "file #2 ('bad.png')" in response.json()["detail"]
+    assert "None of the 2 images" in response.json()["detail"]
 
 
 def test_bad_base64_is_400_and_names_the_image(client):

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from app.batching import QueueFull
+from app.batching import Partial, QueueFull
 from app.decoding import DecodeLimits
 from app.preprocess_workers import PreprocessWorkers, WorkerLimits
 from app.preprocessing import prepare_one
@@ -88,9 +88,19 @@ def test_requests_are_answered_in_order_with_their_own_errors(workers):
         uploads(b"\x89PNG\r\n\x1a\n")])
     assert_digits(good, 5)
     assert_digits(other, 3)
-    assert isinstance(bad, UploadError) and bad.status_code == 415
-    assert bad.detail.startswith("file #3:")
+    # One unreadable image among readable ones costs only itself: the others are answered.
+    assert isinstance(bad, Partial)
+    assert_digits(bad.inputs, 2)
+    assert list(bad.errors) == [2] and bad.errors[2].status_code == 415
+    assert bad.errors[2].detail.startswith("file #3:")
+    # A request of one unreadable image fails with that image's status.
     assert isinstance(junk, UploadError) and junk.status_code == 400
+
+
+def test_a_request_with_no_readable_image_fails_with_the_first_ones_status(workers):
+    (answer,) = workers([uploads(b"broken", 2) + uploads(b"\x89PNG\r\n\x1a\n", first=3)])
+    assert isinstance(answer, UploadError) and answer.status_code == 415
+    assert "None of the 3 images" in answer.detail and "file #1" in answer.detail
 
 
 def test_the_workers_give_the_digits_the_server_process_gives(workers):
@@ -152,8 +162,12 @@ def test_a_crash_on_an_image_fails_its_request_alone(workers, caplog):
                                     uploads(JPEG, 2)])
     assert_digits(first, 3)
     assert_digits(last, 2)
-    assert isinstance(crashed, UploadError) and crashed.status_code == 400
-    assert crashed.detail.startswith("file #2:") and "crashed" in crashed.detail
+    # Its neighbour in the same request is still answered; the crash is its own entry.
+    assert isinstance(crashed, Partial)
+    assert_digits(crashed.inputs, 1)
+    [(position, error)] = crashed.errors.items()
+    assert position == 1 and error.status_code == 400
+    assert error.detail.startswith("file #2:") and "crashed" in error.detail
     assert workers.restarts == ["crashed"]
     [logged] = [r for r in caplog.records if r.name == "digits.preprocess"]
     assert "image #2" in logged.getMessage() and "sha256" in logged.getMessage()
