@@ -20,6 +20,7 @@ import functools
 import hashlib
 import logging
 
+import cv2
 import numpy as np
 
 from app.decoding import (
@@ -120,10 +121,16 @@ def _normalize_alone(gray: np.ndarray) -> np.ndarray | ImageError:
 
 def normalize(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Same-sized grayscale images [n, H, W] -> (their digits, uint8 [m, 28, 28], and which
-    of the n held one, bool [n]; m of them did)."""
+    of the n held one, bool [n]; m of them did).
+
+    Each digit is first brought to a working size (WORKING_BOX) where its pen is measured
+    and, if far from MNIST's, thinned or thickened; then it is fitted to MNIST's 20 px box.
+    """
     ink, found = to_light_on_dark(grays)
     ink = ink[found]
-    fitted, sizes = fit_in_box(ink, find_digit_boxes(ink))
+    working, _ = fit_in_box(ink, find_digit_boxes(ink), box=WORKING_BOX)
+    working = normalize_strokes(working)
+    fitted, sizes = fit_in_box(working, find_digit_boxes(working))
     return center_by_mass(fitted, sizes), found
 
 
@@ -152,17 +159,22 @@ def to_light_on_dark(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Takes uint8 [n, H, W]; returns the ink, float32 [n, H, W], and which images have a
     digit at all (bool [n]; the others are blank or nearly so).
 
-    The background is the most common level (the median: a digit covers far less than half
-    of a sensible picture). Ink is whichever extreme lies further from it, so dark ink on
-    grey paper and white chalk on a blackboard both come out as MNIST does.
+    The background is the paper of the image's outer frame: of the frame's pixels split at
+    the middle level into dark and light, the side with more of them. Not the whole image's
+    most common level: a heavy digit cropped tight (a postal 0 or 8) can cover more than
+    half of it, and even a fair share of its frame, but less than the paper does there.
+    Ink is whichever extreme lies further from the background, so dark ink on grey paper
+    and white chalk on a blackboard both come out as MNIST does.
     """
-    levels = _LevelCounts(grays)
+    levels = _LevelCounts.of(grays)
     # Near-extremes rather than min/max, so a few stray pixels can't decide; near enough
     # to the ends that a thin pen stroke on a big page (well under 1% of it) still counts.
-    low, background, high = levels.quantiles(0.0002, 0.5, 0.9998).T
+    low, high = levels.quantiles(0.0002, 0.9998).T
+    paper = _paper_levels(_LevelCounts.of(outer_frame(grays)), (low + high) / 2)
+    background = paper.quantiles(0.5)[:, 0]
     inverted = (background - low) > (high - background)
     # Paper texture and sensor noise sit a few levels off the background; drop them.
-    noise = 3.0 * 1.4826 * levels.median_deviation(background)
+    noise = 3.0 * 1.4826 * paper.median_deviation(background)
     # ink = (background - noise) - gray when inverted, else gray - (background + noise)
     sign = np.where(inverted, -1.0, 1.0)
     offset = np.where(inverted, background - noise, -(background + noise))
@@ -176,6 +188,21 @@ def to_light_on_dark(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ink, found
 
 
+def outer_frame(grays: np.ndarray) -> np.ndarray:
+    """[n, k]: the pixels of each image's outermost rows and columns (a band 2% of the
+    image's size deep, at least one pixel)."""
+    _, height, width = grays.shape
+    depth = max(1, round(0.02 * min(height, width)))
+    if 2 * depth >= min(height, width):
+        return grays.reshape(len(grays), -1)
+    return np.concatenate([
+        grays[:, :depth, :].reshape(len(grays), -1),
+        grays[:, -depth:, :].reshape(len(grays), -1),
+        grays[:, depth:-depth, :depth].reshape(len(grays), -1),
+        grays[:, depth:-depth, -depth:].reshape(len(grays), -1),
+    ], axis=1)
+
+
 def _per_image(values: np.ndarray) -> np.ndarray:
     """One value per image, shaped to broadcast over a [n, H, W] stack as float32."""
     return np.asarray(values, dtype=np.float32)[:, np.newaxis, np.newaxis]
@@ -184,12 +211,24 @@ def _per_image(values: np.ndarray) -> np.ndarray:
 _LEVELS = np.arange(256)
 
 
+def _paper_levels(frame: _LevelCounts, middle: np.ndarray) -> _LevelCounts:
+    """The frame's levels on its majority side of `middle` (per image): the paper's."""
+    dark = _LEVELS[np.newaxis, :] < middle[:, np.newaxis]
+    dark_count = (frame.counts * dark).sum(axis=1)
+    paper_is_dark = dark_count > frame.counts.sum(axis=1) - dark_count
+    return _LevelCounts(np.where(dark == paper_is_dark[:, np.newaxis], frame.counts, 0))
+
+
 class _LevelCounts:
     """Order statistics of uint8 images from their histograms: exact, and fast at any size."""
 
-    def __init__(self, grays: np.ndarray):
-        self.counts = _histograms(grays.reshape(len(grays), -1))
+    def __init__(self, counts: np.ndarray):
+        self.counts = counts  # [n, 256]
         self.cumulative = np.cumsum(self.counts, axis=1)
+
+    @classmethod
+    def of(cls, grays: np.ndarray) -> _LevelCounts:
+        return cls(_histograms(grays.reshape(len(grays), -1)))
 
     def quantiles(self, *qs: float) -> np.ndarray:
         """[n, len(qs)] levels: the lowest level whose cumulative count reaches q of all."""
@@ -266,6 +305,57 @@ def fit_in_box(ink: np.ndarray, boxes: np.ndarray,
     peak = fitted.max(axis=(1, 2))
     fitted *= _per_image(255.0 / np.where(peak > 0, peak, 1.0))
     return fitted, sizes
+
+
+WORKING_BOX = 40
+"""Digits are measured and re-stroked at twice MNIST's box: fine enough for one-pixel steps."""
+
+# MNIST's median stroke width at WORKING_BOX, in pixels (as `stroke_width` measures it, over
+# the held-out digits: `python -m bench.accuracy --strokes` prints the distribution).
+MNIST_STROKE = 4.9
+# Pens outside this band around MNIST's are brought back to MNIST_STROKE; inside it the
+# digit is left alone (MNIST itself spans it: its 5th to 95th percentiles are 3.2 and 7.5).
+THICK_STROKE = 1.25 * MNIST_STROKE
+THIN_STROKE = 0.45 * MNIST_STROKE
+# Strokes are cut at half strength when measured.
+STROKE_MASK_LEVEL = 128.0
+
+
+def stroke_width(digit: np.ndarray) -> float:
+    """The mean stroke width of a float32 digit, in pixels, from its distance transform.
+
+    Across a stroke w pixels wide the distance to the nearest background pixel runs
+    1, 2, .., w/2, .., 2, 1, a mean of about (w + 2) / 4; hence w = 4 * mean - 2.
+    """
+    mask = np.pad((digit >= STROKE_MASK_LEVEL).astype(np.uint8), 1)
+    if not mask.any():
+        return MNIST_STROKE
+    distances = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
+    return float(4.0 * distances[mask > 0].mean() - 2.0)
+
+
+def normalize_strokes(digits: np.ndarray) -> np.ndarray:
+    """Bring each digit's pen width towards MNIST's when it lies far outside it: a felt pen
+    or a thresholded scan is eroded, a hairline is dilated. Takes and returns float32
+    [n, WORKING_BOX, WORKING_BOX] (with a margin added for the dilation)."""
+    margin = 4
+    padded = np.pad(digits, ((0, 0), (margin, margin), (margin, margin)))
+    for i, digit in enumerate(padded):
+        width = stroke_width(digit)
+        if width > THICK_STROKE:
+            # Erosion by k narrows strokes by 2k, and re-fitting the smaller digit to the box
+            # widens them again by box / (box - 2k): solve for the k that lands on MNIST's.
+            radius = round((width - MNIST_STROKE) / (2 - MNIST_STROKE / WORKING_BOX))
+            padded[i] = cv2.erode(digit, _disc(radius))
+        elif width < THIN_STROKE:
+            padded[i] = cv2.dilate(digit, _disc(round((MNIST_STROKE - width) / 2)))
+    return padded
+
+
+@functools.lru_cache(maxsize=16)
+def _disc(radius: int) -> np.ndarray:
+    size = 2 * max(radius, 0) + 1
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
 
 
 # The cache is keyed on digit sizes (at most WORKING_SIZE x DIGIT_BOX of them), which a

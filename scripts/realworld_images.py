@@ -103,3 +103,92 @@ REAL_WORLD: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
     "grey_scan": grey_scan,
 }
 """The ways of sending a digit that a tutorial-style service gets wrong."""
+
+
+# --- pens, writers and scanners unlike MNIST's (the failure classes of real handwriting) ----
+
+def _large_ink(digit: np.ndarray, size: int) -> np.ndarray:
+    """The digit's ink (0..1) at size x size, as a float image."""
+    return _upscaled_ink(digit, size)
+
+
+def _pen(ink: np.ndarray, radius: int) -> np.ndarray:
+    """The same strokes drawn with a pen `radius` px wider (dilation) or narrower (erosion)."""
+    import cv2
+
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * abs(radius) + 1,) * 2)
+    return cv2.dilate(ink, disc) if radius > 0 else cv2.erode(ink, disc)
+
+
+def _tight(ink: np.ndarray) -> np.ndarray:
+    """Cropped to the ink's bounding box, as postal and form digits are."""
+    rows, cols = np.nonzero(ink > 0.5)
+    return ink[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1]
+
+
+def _dark_on_white(ink: np.ndarray) -> bytes:
+    return encode(Image.fromarray(np.uint8(255 * (1 - np.clip(ink, 0, 1)))))
+
+
+def heavy_ink(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A felt-tip digit cropped tight: ink covers about half the frame and touches each edge."""
+    ink = _pen(_large_ink(digit, 112), int(rng.integers(5, 9)))
+    return _dark_on_white(_tight(ink))
+
+
+def two_level(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A thresholded form scan: black and white only, a thick pen, nearest-neighbour scaled."""
+    ink = _pen(_large_ink(digit, 32), 1) > 0.5
+    big = np.kron(ink, np.ones((4, 4), dtype=bool))
+    return encode(Image.fromarray(np.uint8(np.where(big, 0, 255))).convert("1"))
+
+
+def thick_pen(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A marker: strokes three to four times MNIST's width, with paper around them."""
+    size = 140
+    ink = _pen(_large_ink(digit, size), int(rng.integers(6, 9)))
+    return _dark_on_white(np.pad(ink, 30))
+
+
+def thin_faint(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A hairline in faded ink on grey paper: a third of MNIST's stroke, a fifth of the contrast."""
+    size = 200
+    ink = _pen(_large_ink(digit, size), -4)
+    paper, pen = float(rng.integers(170, 200)), float(rng.integers(110, 135))
+    page = np.pad(paper * (1 - ink) + pen * ink, 40, constant_values=paper)
+    page += rng.normal(0, 2, size=page.shape)
+    return encode(Image.fromarray(np.uint8(np.clip(page, 0, 255))))
+
+
+def slanted(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A strongly slanted hand: the digit sheared by 20 to 35 degrees either way."""
+    import cv2
+
+    size = 140
+    ink = np.pad(_large_ink(digit, size), 60)
+    shear = np.tan(np.deg2rad(rng.uniform(20, 35))) * rng.choice([-1, 1])
+    height, width = ink.shape
+    matrix = np.float32([[1, -shear, shear * height / 2], [0, 1, 0]])
+    return _dark_on_white(cv2.warpAffine(ink, matrix, (width, height)))
+
+
+def tight_crop(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """Cropped to the ink and stretched wider, up to a square, as some form readers store
+    digits (a 1 only to 60% of its height: stretched further it is a black rectangle)."""
+    ink = _tight(_large_ink(digit, 112))
+    height, width = ink.shape
+    stretched_width = max(width, round(height * (0.6 if width < 0.4 * height else 1.0)))
+    stretched = np.asarray(Image.fromarray(np.uint8(255 * ink)).resize((stretched_width, height)),
+                           dtype=np.float32) / 255
+    return _dark_on_white(stretched)
+
+
+PENS_AND_WRITERS: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
+    "heavy_ink": heavy_ink,
+    "two_level": two_level,
+    "thick_pen": thick_pen,
+    "thin_faint": thin_faint,
+    "slanted": slanted,
+    "tight_crop": tight_crop,
+}
+"""What real handwriting does that MNIST doesn't: each a class of digits v1 misread or refused."""
