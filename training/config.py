@@ -22,6 +22,15 @@ class TrainingConfig:
     shift: float = 0.08
     rotation: float = 0.025
     zoom: float = 0.08
+    # Pen and writer variety (training/augment.py): shear as a fraction of the width, the
+    # width's own zoom range (aspect change), random stroke width, and the share of
+    # digits thresholded to two levels. Version 1 was trained without these (0, 0.08, off, 0).
+    shear: float = 0.2
+    aspect: float = 0.15
+    stroke_width: bool = True
+    two_level: float = 0.15
+    # The share of MNIST's 1s also given, as extra digits, a continental flag (and base).
+    flagged_ones: float = 0.5
     tensorboard_dir: Path | None = None
     # Limits the training digits (used by smoke tests); None uses them all.
     max_train_samples: int | None = None

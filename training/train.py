@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from digit_contract import Style, scale_pixels
 from training.architectures import ARCHITECTURES, LayerOptions
+from training.augment import make_augment, with_flagged_ones
 from training.config import TrainingConfig
 from training.data import Digits
 
@@ -29,29 +30,19 @@ def to_model_input(images: np.ndarray) -> np.ndarray:
     return scale_pixels(images)[..., np.newaxis]
 
 
-def make_augmenter(config: TrainingConfig) -> keras.Sequential:
-    """Small random shifts, rotations and zooms; used on training batches only."""
-    return keras.Sequential(
-        [
-            keras.layers.RandomRotation(config.rotation, fill_mode="constant", fill_value=0.0),
-            keras.layers.RandomZoom(config.zoom, fill_mode="constant", fill_value=0.0),
-            keras.layers.RandomTranslation(config.shift, config.shift, fill_mode="constant",
-                                           fill_value=0.0),
-        ],
-        name="augmenter",
-    )
-
-
 def make_datasets(digits: Digits, config: TrainingConfig) -> tuple[tf.data.Dataset, ...]:
     x_train, y_train = digits.x_train, digits.y_train
     if config.max_train_samples is not None:
         x_train, y_train = x_train[: config.max_train_samples], y_train[: config.max_train_samples]
+    if config.augment and config.flagged_ones > 0:
+        x_train, y_train = with_flagged_ones(x_train, y_train, np.random.default_rng(config.seed),
+                                             config.flagged_ones)
     train = tf.data.Dataset.from_tensor_slices((to_model_input(x_train), y_train))
     train = train.shuffle(len(x_train), seed=config.seed, reshuffle_each_iteration=True)
     train = train.batch(config.batch_size)
     if config.augment:
-        augmenter = make_augmenter(config)
-        train = train.map(lambda x, y: (augmenter(x, training=True), y),
+        augment = make_augment(config)
+        train = train.map(lambda x, y: (augment(x), y),
                           num_parallel_calls=tf.data.AUTOTUNE)
     train = train.prefetch(tf.data.AUTOTUNE)
     val = tf.data.Dataset.from_tensor_slices((to_model_input(digits.x_val), digits.y_val))

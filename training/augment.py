@@ -1,0 +1,121 @@
+"""Training-only augmentation: the pens, writers and scanners that MNIST lacks.
+
+MNIST's digits share one pen (strokes about 2.5 px wide at 28x28), gentle slants and
+anti-aliased grey edges. Real uploads come from felt pens and hairline pens, thresholded
+scans (two levels only), stretched boxes and strongly slanted hands. Each training batch is
+varied along those axes, per image, so the models learn the digit rather than the pen:
+
+    geometry (rotation, shear, zoom with its own width factor, shift)
+    -> stroke width (erode one pixel, keep, dilate one or two)
+    -> two levels (some digits thresholded)
+
+All of it runs inside the tf.data pipeline on whole batches; nothing is applied at serving.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from training.config import TrainingConfig
+
+
+def make_geometry(config: TrainingConfig) -> keras.Sequential:
+    """Random rotation, shear, zoom (height and width apart: aspect change) and shift."""
+    fill = {"fill_mode": "constant", "fill_value": 0.0}
+    layers = [keras.layers.RandomRotation(config.rotation, **fill)]
+    if config.shear > 0:
+        layers.append(keras.layers.RandomShear(x_factor=config.shear, **fill))
+    layers += [
+        keras.layers.RandomZoom(height_factor=(-config.zoom, config.zoom),
+                                width_factor=(-config.aspect, config.aspect), **fill),
+        keras.layers.RandomTranslation(config.shift, config.shift, **fill),
+    ]
+    return keras.Sequential(layers, name="augmenter")
+
+
+# Stroke-width choices and how often each is drawn: erode by one pixel (a hairline pen),
+# keep, dilate by one pixel (about 2x MNIST's width) or by two (about 3x).
+STROKE_CHANGES = (-1, 0, 1, 2)
+STROKE_ODDS = (0.05, 0.6, 0.25, 0.1)
+
+
+def random_stroke_width(images: tf.Tensor, odds=STROKE_ODDS) -> tf.Tensor:
+    """Per image, thin or thicken the strokes: grey-level erosion and dilation as max-pools."""
+    def dilate(x, radius):
+        return tf.nn.max_pool2d(x, 2 * radius + 1, 1, "SAME")
+
+    variants = tf.stack([-dilate(-images, 1), images, dilate(images, 1), dilate(images, 2)])
+    batch = tf.shape(images)[0]
+    logits = tf.math.log(tf.constant([odds], dtype=tf.float32))
+    choice = tf.random.categorical(logits, batch)[0]  # [batch] index into the variants
+    return tf.gather_nd(variants, tf.stack([tf.cast(choice, tf.int32), tf.range(batch)], 1))
+
+
+def random_two_level(images: tf.Tensor, rate: float) -> tf.Tensor:
+    """Threshold a `rate` of the images at a random level, as a two-level scan would."""
+    batch = tf.shape(images)[0]
+    level = tf.random.uniform([batch, 1, 1, 1], 0.25, 0.65)
+    thresholded = tf.cast(images > level, images.dtype)
+    chosen = tf.random.uniform([batch, 1, 1, 1]) < rate
+    return tf.where(chosen, thresholded, images)
+
+
+def make_augment(config: TrainingConfig):
+    """The batch augmentation function for `Dataset.map`: images [b, 28, 28, 1] in [0, 1]."""
+    geometry = make_geometry(config)
+
+    def augment(images: tf.Tensor) -> tf.Tensor:
+        images = geometry(images, training=True)
+        if config.stroke_width:
+            images = random_stroke_width(images)
+        if config.two_level > 0:
+            images = random_two_level(images, config.two_level)
+        return images
+
+    return augment
+
+
+def with_flagged_ones(images, labels, rng, share: float = 0.5):
+    """The training digits plus, for a `share` of the 1s, a copy written the continental way:
+    a flag from the top running down to the left, and for some a base bar.
+
+    MNIST's 1s (American writers) are nearly all bare strokes, so a model trained on them
+    reads a flagged 1 as a 4 or a 7 and a based one as a 2. Taught on both, it reads all.
+    Returns new arrays: uint8 images [n + m, 28, 28] and labels [n + m].
+    """
+    import cv2
+    import numpy as np
+
+    ones = np.flatnonzero(labels == 1)
+    chosen = rng.choice(ones, size=int(share * len(ones)), replace=False)
+    extra = np.stack([_flag_one(images[i], rng, cv2, np) for i in chosen])
+    return (np.concatenate([images, extra]),
+            np.concatenate([labels, np.full(len(extra), 1, labels.dtype)]))
+
+
+def _flag_one(digit, rng, cv2, np):
+    """One MNIST 1 with a flag (always) and a base (half the time), re-centred by mass."""
+    scale = 4  # draw at 4x for smooth anti-aliased strokes, then shrink back
+    big = cv2.resize(digit, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    rows, cols = np.nonzero(big > 128)
+    top, bottom = rows.min(), rows.max()
+    height = bottom - top
+    top_x = int(cols[rows < top + 0.08 * height].mean())
+    bottom_x = int(cols[rows > bottom - 0.08 * height].mean())
+    thickness = max(scale, int(np.sqrt((big > 128).sum() / max(height, 1)) * rng.uniform(0.8, 1.2)))
+    angle = np.deg2rad(rng.uniform(25, 55))  # from the vertical
+    length = rng.uniform(0.2, 0.4) * height
+    end = (int(top_x - length * np.sin(angle)), int(top + length * np.cos(angle)))
+    cv2.line(big, (top_x, int(top)), end, 255, thickness, cv2.LINE_AA)
+    if rng.random() < 0.5:
+        half = int(rng.uniform(0.15, 0.3) * height)
+        cv2.line(big, (bottom_x - half, int(bottom)), (bottom_x + half, int(bottom)), 255,
+                 thickness, cv2.LINE_AA)
+    small = cv2.resize(big, (28, 28), interpolation=cv2.INTER_AREA).astype(np.float32)
+    # Back to MNIST's frame: centre of mass in the middle.
+    total = small.sum()
+    ys, xs = np.indices(small.shape)
+    shift = np.float32([[1, 0, 14 - (xs * small).sum() / total],
+                        [0, 1, 14 - (ys * small).sum() / total]])
+    return np.uint8(np.clip(cv2.warpAffine(small, shift, (28, 28)), 0, 255))
