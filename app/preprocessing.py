@@ -312,9 +312,9 @@ WORKING_BOX = 40
 
 # MNIST's median stroke width at WORKING_BOX, in pixels (as `stroke_width` measures it, over
 # the held-out digits: `python -m bench.accuracy --strokes` prints the distribution).
-MNIST_STROKE = 4.9
+MNIST_STROKE = 4.7
 # Pens outside this band around MNIST's are brought back to MNIST_STROKE; inside it the
-# digit is left alone (MNIST itself spans it: its 5th to 95th percentiles are 3.2 and 7.5).
+# digit is left alone (MNIST itself spans it: its 5th to 95th percentiles are 3.2 and 7.4).
 THICK_STROKE = 1.25 * MNIST_STROKE
 THIN_STROKE = 0.45 * MNIST_STROKE
 # Strokes are cut at half strength when measured.

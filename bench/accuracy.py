@@ -101,8 +101,15 @@ def main() -> None:
     parser.add_argument("--sets", default="dev,mnist,redrawn")
     parser.add_argument("--errors", action="store_true",
                         help="print the dev set's confusions (true -> predicted: count)")
+    parser.add_argument("--strokes", action="store_true",
+                        help="print each set's pen widths (app.preprocessing.stroke_width) "
+                             "instead, relative to MNIST_STROKE")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
+    if args.strokes:
+        for name in args.sets.split(","):
+            print_stroke_widths(name, SETS[name]()[0])
+        return
     rows = []
     for name in args.sets.split(","):
         blobs, labels = SETS[name]()
@@ -116,6 +123,24 @@ def main() -> None:
         rows.append(report(name, "ensemble (mean)", ensemble, labels, refused, args.errors))
     print("| set | model | accuracy | refused |\n|---|---|---:|---:|")
     print("\n".join(rows))
+
+
+def print_stroke_widths(set_name: str, blobs: list[bytes]) -> None:
+    """Percentiles of the pen width each image's digit has at the working size, before the
+    preprocessing changes it: what MNIST_STROKE and its thresholds were chosen from."""
+    from app import preprocessing as pp
+    from app.decoding import DecodeLimits, decode, inspect
+
+    widths = []
+    for data in blobs:
+        ink, found = pp.to_light_on_dark(decode(data, inspect(data, DecodeLimits()))[None])
+        if found[0]:
+            working, _ = pp.fit_in_box(ink, pp.find_digit_boxes(ink), box=pp.WORKING_BOX)
+            widths.append(pp.stroke_width(np.pad(working[0], 1)))
+    percentiles = (1, 5, 25, 50, 75, 95, 99)
+    values = np.percentile(widths, percentiles)
+    print(f"{set_name}: pen width at {pp.WORKING_BOX} px, percentiles {percentiles}: "
+          + ", ".join(f"{v:.2f} px ({v / pp.MNIST_STROKE:.2f}x)" for v in values))
 
 
 def report(set_name: str, model: str, probs: np.ndarray, labels: np.ndarray,

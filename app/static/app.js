@@ -199,8 +199,78 @@ pad.addEventListener("keydown", (event) => {
 
 // ---- uploading -------------------------------------------------------------------------
 
+// Several files go to each model in one multipart request; each file gets its own row,
+// with the digit each model read or the error that file alone got.
+async function classifyMany(files) {
+  const requestId = ++latestRequest;
+  setStatus(`Asking the models about ${files.length} images…`);
+  const ready = [...cards.keys()].filter((style) =>
+    !cards.get(style).classList.contains("unavailable"));
+  const answers = await Promise.all(ready.map(async (style) => {
+    const form = new FormData();
+    for (const file of files) form.append("file", file, file.name);
+    const response = await api(`/models/${style}/predict`, { method: "POST", body: form });
+    return { style, ok: response.ok, status: response.status, body: await response.json() };
+  }));
+  if (requestId !== latestRequest) return;
+  if (answers.some((answer) => answer.status === 401)) {
+    askForKey();
+    return;
+  }
+  const failure = answers.find((answer) => !answer.ok);
+  if (failure) {
+    setStatus(failure.body.detail || "The service could not read those images.", true);
+    return;
+  }
+  showBatch(files, answers);
+  const unread = answers[0].body.predictions.filter((p) => p.error).length;
+  setStatus(`${files.length - unread} of ${files.length} images read` +
+            (unread ? `; ${unread} could not be read (see the table)` : ""));
+}
+
+function showBatch(files, answers) {
+  const batch = document.getElementById("batch");
+  const head = batch.querySelector("thead tr");
+  head.replaceChildren(head.firstElementChild);
+  for (const { style } of answers) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = style;
+    head.append(th);
+  }
+  const body = batch.querySelector("tbody");
+  body.replaceChildren();
+  files.forEach((file, i) => {
+    const row = body.insertRow();
+    row.insertCell().textContent = file.name;
+    for (const { body: answer } of answers) {
+      const prediction = answer.predictions[i];
+      const cell = row.insertCell();
+      cell.classList.add("answer-cell");
+      if (prediction.error) {
+        cell.classList.add("failed");
+        cell.textContent = `${prediction.error.status}: ${prediction.error.detail}`;
+      } else {
+        cell.textContent = prediction.digit;
+        cell.title = `${(prediction.confidence * 100).toFixed(1)}% sure`;
+      }
+    }
+  });
+  batch.hidden = false;
+}
+
+function useFiles(files) {
+  if (files.length > 1) {
+    clearPad();
+    classifyMany(files);
+  } else {
+    useFile(files[0]);
+  }
+}
+
 function useFile(file) {
   if (!file) return;
+  document.getElementById("batch").hidden = true;
   clearPad();
   const image = new Image();
   const url = URL.createObjectURL(file);
@@ -217,7 +287,7 @@ function useFile(file) {
 }
 
 document.getElementById("file").addEventListener("change", (event) => {
-  useFile(event.target.files[0]);
+  useFiles([...event.target.files]);
   event.target.value = "";
 });
 
@@ -231,7 +301,7 @@ for (const target of [dropZone, pad]) {
   target.addEventListener("drop", (event) => {
     event.preventDefault();
     dropZone.classList.remove("over");
-    useFile(event.dataTransfer.files[0]);
+    useFiles([...event.dataTransfer.files]);
   });
 }
 

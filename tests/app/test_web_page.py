@@ -160,6 +160,23 @@ def test_an_unreadable_upload_shows_the_error(page, problems, tmp_path):
     problems[:] = [p for p in problems if expected not in p]
 
 
+def test_several_files_get_a_row_each_and_a_bad_one_only_its_own_error(page, tmp_path):
+    good = tmp_path / "one.png"
+    good.write_bytes(encode(draw_one()))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not really a png")
+    page.set_input_files("#file", [str(good), str(broken)])
+    page.wait_for_selector("#batch:not([hidden]) tbody tr")
+    rows = page.locator("#batch tbody tr")
+    assert rows.count() == 2
+    good_row = rows.nth(0).locator("td").all_inner_texts()
+    bad_row = rows.nth(1).locator("td").all_inner_texts()
+    assert good_row == ["one.png", "1", "1", "1"]
+    assert bad_row[0] == "broken.png"
+    assert all(cell.startswith("415: ") and "broken.png" in cell for cell in bad_row[1:])
+    assert "1 of 2 images read" in page.locator("#status").inner_text()
+
+
 def test_the_page_fits_a_phone_screen(page):
     page.set_viewport_size({"width": 360, "height": 740})  # reading sizes forces the layout
     assert page.evaluate("document.documentElement.scrollWidth") <= 360
