@@ -110,8 +110,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, error: UploadError) -> JSONResponse:
-        # After a 408 the rest of a slow body is not worth waiting for.
-        headers = {"Connection": "close"} if error.status_code == 408 else None
+        # After a 408 the rest of a slow body is not worth waiting for; a 503 (every
+        # decoder busy) is worth retrying in a moment.
+        headers = ({"Connection": "close"} if error.status_code == 408
+                   else {"Retry-After": "1"} if error.status_code == 503 else None)
         return JSONResponse(status_code=error.status_code, content={"detail": error.detail},
                             headers=headers)
 

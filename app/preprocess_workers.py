@@ -52,8 +52,23 @@ from app.uploads import Upload, UploadError
 logger = logging.getLogger("digits.preprocess")
 
 
-class DecodersBusy(ImageError):
+class RequestWide(ImageError):
+    """An error that is the whole request's, not one image's: it fails the request."""
+
+
+class DecodersBusy(RequestWide):
     """No decoder process came free in time (HTTP 503: retry shortly)."""
+
+    status_code = 503
+
+
+class RequestTooLarge(RequestWide, ImageTooLarge):
+    """A limit on the whole request (its total pixels, its decoding time) is broken."""
+
+
+class NotDecoded(ImageError):
+    """An image never tried: its decoder was stopped twice by other images of its request
+    (HTTP 503 for that image: it may well be fine on its own)."""
 
     status_code = 503
 
@@ -109,6 +124,8 @@ class _Task:
     blobs: list[bytes]
     pixels: int = 0         # their headers' pixels, together
     retried: bool = False   # sent again after a worker died before taking it
+    first: int = 0          # where blobs[0]'s answer goes in the task's answers
+    resumed: bool = False   # the rest of a task whose worker an image stopped
 
 
 @dataclasses.dataclass
@@ -243,14 +260,15 @@ class DecoderPool:
                     state.task.retried = True
                     waiting.appendleft(state.task)
                 else:
-                    self._replace(worker, "crashed", self._fail(state, by_task, ImageError(
-                        "The decoder crashed on this image; it is corrupt or malicious.")))
+                    self._replace(worker, "crashed", self._fail(
+                        state, by_task, waiting, ImageError(
+                            "The decoder crashed on this image; it is corrupt or malicious.")))
                 continue
             state.image_started(worker.cpu_seconds())
             if isinstance(message, str):  # _STARTED: from now on its time is the task's
                 state.started, state.task_cpu = True, state.image_cpu
             else:
-                by_task[id(state.task)][state.done] = message
+                by_task[id(state.task)][state.task.first + state.done] = message
                 state.done += 1
             if state.started and state.done == len(state.task.blobs):
                 ended += worker.cpu_seconds() - state.task_cpu
@@ -289,25 +307,35 @@ class DecoderPool:
                 continue
             del running[worker]
             used += cpu[worker] - state.task_cpu
-            self._replace(worker, "timeout", self._fail(state, by_task, error))
+            self._replace(worker, "timeout", self._fail(state, by_task, waiting, error))
         return used
 
     @staticmethod
     def _fail_waiting(waiting: collections.deque, by_task: dict[int, list],
                       error: ImageError) -> None:
         while waiting:
-            answers = by_task[id(waiting.popleft())]
-            answers[:] = [error] * len(answers)
+            task = waiting.popleft()
+            answers = by_task[id(task)]
+            answers[task.first:] = [error] * (len(answers) - task.first)
 
-    def _fail(self, state: _Running, by_task: dict[int, list], error: ImageError) -> str:
-        """The image a worker was on gets `error`; the rest of its task go undecoded, so
-        that one request can stop a decoder once at most. Says which image."""
+    def _fail(self, state: _Running, by_task: dict[int, list], waiting: collections.deque,
+              error: ImageError) -> str:
+        """The image a worker was on gets `error`. The rest of its task go to a fresh
+        worker once; if an image stops that one too, they are not decoded (so a request
+        stops at most two decoders per task). Says which image."""
         task, answers = state.task, by_task[id(state.task)]
-        answers[state.done] = error
-        for i in range(state.done + 1, len(answers)):
-            answers[i] = ImageError(
-                f"Not decoded: image #{task.positions[state.done] + 1} of this request stopped "
-                "its decoder, and the images queued behind it there were dropped.")
+        at = task.first + state.done
+        answers[at] = error
+        rest = _Task(task.request, task.positions[state.done + 1:], task.blobs[state.done + 1:],
+                     retried=True, first=at + 1, resumed=True)
+        if rest.blobs and not task.resumed and not isinstance(error, RequestWide):
+            by_task[id(rest)] = answers
+            waiting.append(rest)
+        else:
+            for i in range(at + 1, len(answers)):
+                answers[i] = NotDecoded(
+                    "Not decoded: other images of this request stopped its decoder twice; "
+                    "send this one again on its own.")
         return (f"on image #{task.positions[state.done] + 1} of a request, sha256 "
                 f"{hashlib.sha256(task.blobs[state.done]).hexdigest()}")
 
@@ -567,7 +595,7 @@ class PreprocessWorkers:
         broken, the request's error."""
         errors = {}
         for i, (upload, answer) in enumerate(zip(uploads, answers, strict=True)):
-            if isinstance(answer, RequestTooLarge):
+            if isinstance(answer, RequestWide):
                 return UploadError(answer.status_code, str(answer))
             if isinstance(answer, ImageError):
                 log_rejection(answer, upload.data)
@@ -582,11 +610,6 @@ class PreprocessWorkers:
                                f"None of the {len(uploads)} images could be read; the first: "
                                f"{first.detail}")
         return Partial(np.stack([a for a in answers if not isinstance(a, ImageError)]), errors)
-
-
-class RequestTooLarge(ImageTooLarge):
-    """A limit on the whole request (its total pixels, its decoding time) is broken: the
-    request fails as a whole, whatever its images."""
 
 
 def as_upload_error(upload: Upload, error: ImageError) -> UploadError:

@@ -173,6 +173,36 @@ def test_a_crash_on_an_image_fails_its_request_alone(workers, caplog):
     assert "image #2" in logged.getMessage() and "sha256" in logged.getMessage()
 
 
+def test_the_images_behind_a_crash_are_decoded_on_a_fresh_worker():
+    restarts = Restarts()
+    workers = PreprocessWorkers(LIMITS, WorkerLimits(processes=1, timeout_s=2.0),
+                                on_restart=restarts, work=scripted_work)
+    workers.start()
+    try:
+        (answer,) = workers([uploads(CRASH) + uploads(JPEG, 9, first=2)])
+        assert isinstance(answer, Partial) and list(answer.errors) == [0]
+        assert_digits(answer.inputs, 9)
+        assert restarts == ["crashed"]
+    finally:
+        workers.close()
+
+
+def test_a_second_crash_in_the_same_images_leaves_the_rest_undecoded_with_a_retry_status():
+    restarts = Restarts()
+    workers = PreprocessWorkers(LIMITS, WorkerLimits(processes=1, timeout_s=2.0),
+                                on_restart=restarts, work=scripted_work)
+    workers.start()
+    try:
+        (answer,) = workers([uploads(JPEG) + uploads(CRASH, 3, first=2) + uploads(JPEG, first=5)])
+        assert isinstance(answer, Partial)
+        assert_digits(answer.inputs, 1)
+        assert [e.status_code for e in answer.errors.values()] == [400, 400, 503, 503]
+        assert "send this one again on its own" in answer.errors[3].detail
+        assert restarts == ["crashed", "crashed"]  # two decoders at most, whatever it sends
+    finally:
+        workers.close()
+
+
 def test_an_image_that_overruns_its_time_is_413_and_its_worker_replaced():
     # A hang uses no CPU: it is stopped by the wall-clock backstop, 10 x 0.2 s.
     restarts = Restarts()
@@ -272,6 +302,10 @@ def test_a_request_that_finds_every_worker_busy_is_503():
             time.sleep(0.005)
         (busy,) = workers([uploads(JPEG)])
         assert isinstance(busy, UploadError) and busy.status_code == 503
+        # A busy pool is the whole request's 503 (retry it), even if some images were
+        # decoded in the server process meanwhile.
+        (mixed,) = workers([uploads(PNG) + uploads(JPEG, first=2)])
+        assert isinstance(mixed, UploadError) and mixed.status_code == 503
         hanging.join(timeout=30)
     finally:
         workers.close()
