@@ -159,22 +159,28 @@ def to_light_on_dark(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Takes uint8 [n, H, W]; returns the ink, float32 [n, H, W], and which images have a
     digit at all (bool [n]; the others are blank or nearly so).
 
-    The background is the paper of the image's outer frame: of the frame's pixels split at
-    the middle level into dark and light, the side with more of them. Not the whole image's
-    most common level: a heavy digit cropped tight (a postal 0 or 8) can cover more than
-    half of it, and even a fair share of its frame, but less than the paper does there.
-    Ink is whichever extreme lies further from the background, so dark ink on grey paper
-    and white chalk on a blackboard both come out as MNIST does.
+    The background is the most common level (the median), and the noise around it its
+    median deviation; ink is whichever extreme lies further from it, so dark ink on grey
+    paper and white chalk on a blackboard both come out as MNIST does. Except when the
+    digit fills the frame: a heavy digit cropped tight (a postal 0 or 8) can cover more than
+    half of the image, and its ink then reaches the image's outer frame in force, which
+    splits into two clusters, paper and ink. The paper is then the frame's larger cluster.
     """
     levels = _LevelCounts.of(grays)
     # Near-extremes rather than min/max, so a few stray pixels can't decide; near enough
     # to the ends that a thin pen stroke on a big page (well under 1% of it) still counts.
-    low, high = levels.quantiles(0.0002, 0.9998).T
-    paper = _paper_levels(_LevelCounts.of(outer_frame(grays)), (low + high) / 2)
-    background = paper.quantiles(0.5)[:, 0]
-    inverted = (background - low) > (high - background)
+    low, median, high = levels.quantiles(0.0002, 0.5, 0.9998).T
+    frame = _LevelCounts.of(outer_frame(grays))
+    middle = (low + high) / 2
+    paper = _paper_levels(frame, middle)
+    paper_level = paper.quantiles(0.5)[:, 0]
+    filled = _two_clusters(frame, middle)
+    background = np.where(filled, paper_level, median)
     # Paper texture and sensor noise sit a few levels off the background; drop them.
-    noise = 3.0 * 1.4826 * paper.median_deviation(background)
+    deviation = np.where(filled, paper.median_deviation(paper_level),
+                         levels.median_deviation(median))
+    noise = 3.0 * 1.4826 * deviation
+    inverted = (background - low) > (high - background)
     # ink = (background - noise) - gray when inverted, else gray - (background + noise)
     sign = np.where(inverted, -1.0, 1.0)
     offset = np.where(inverted, background - noise, -(background + noise))
@@ -209,6 +215,26 @@ def _per_image(values: np.ndarray) -> np.ndarray:
 
 
 _LEVELS = np.arange(256)
+
+
+# A frame whose levels split into two clusters explaining this much of their variance is
+# paper and ink; a page's own shading (a gradient: 0.75, noise: 0.64) stays below it.
+TWO_CLUSTERS = 0.9
+
+
+def _two_clusters(frame: _LevelCounts, middle: np.ndarray) -> np.ndarray:
+    """bool [n]: whether each frame's levels fall into two clusters either side of `middle`
+    (Otsu's separability: the variance between the two sides over the total variance)."""
+    counts = frame.counts.astype(np.float64)
+    dark = _LEVELS[np.newaxis, :] < middle[:, np.newaxis]
+    total = counts.sum(axis=1)
+    share_dark = (counts * dark).sum(axis=1) / total
+    mean = counts @ _LEVELS / total
+    mean_dark = (counts * dark) @ _LEVELS / np.maximum((counts * dark).sum(axis=1), 1)
+    mean_light = (counts * ~dark) @ _LEVELS / np.maximum((counts * ~dark).sum(axis=1), 1)
+    variance = counts @ (_LEVELS**2) / total - mean**2
+    between = share_dark * (1 - share_dark) * (mean_dark - mean_light) ** 2
+    return between > TWO_CLUSTERS * np.maximum(variance, 1e-9)
 
 
 def _paper_levels(frame: _LevelCounts, middle: np.ndarray) -> _LevelCounts:
@@ -314,24 +340,28 @@ WORKING_BOX = 40
 # the held-out digits: `python -m bench.accuracy --strokes` prints the distribution).
 MNIST_STROKE = 4.7
 # Pens outside this band around MNIST's are brought back to MNIST_STROKE; inside it the
-# digit is left alone (MNIST itself spans it: its 5th to 95th percentiles are 3.2 and 7.4).
-THICK_STROKE = 1.25 * MNIST_STROKE
-THIN_STROKE = 0.45 * MNIST_STROKE
+# digit is left alone (MNIST's own 5th to 95th percentiles are 3.0 and 7.25).
+THICK_STROKE = 1.5 * MNIST_STROKE
+THIN_STROKE = 0.5 * MNIST_STROKE
 # Strokes are cut at half strength when measured.
 STROKE_MASK_LEVEL = 128.0
 
 
 def stroke_width(digit: np.ndarray) -> float:
-    """The mean stroke width of a float32 digit, in pixels, from its distance transform.
+    """The typical stroke width of a float32 digit, in pixels, from its distance transform.
 
-    Across a stroke w pixels wide the distance to the nearest background pixel runs
-    1, 2, .., w/2, .., 2, 1, a mean of about (w + 2) / 4; hence w = 4 * mean - 2.
+    Along the middle of a stroke w pixels wide (its ridge: the pixels farthest from the
+    background locally) the distance to the background is about (w + 1) / 2. Its upper
+    quartile over the ridge is the pen's width: above the stroke ends' and corners' smaller
+    values, and below a filled loop's or an ink blot's, which add a few ridge pixels but
+    many inked ones, so they can't pass for a thick pen and get the strokes eroded away.
     """
     mask = np.pad((digit >= STROKE_MASK_LEVEL).astype(np.uint8), 1)
     if not mask.any():
         return MNIST_STROKE
-    distances = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
-    return float(4.0 * distances[mask > 0].mean() - 2.0)
+    distances = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    ridge = distances[(distances >= cv2.dilate(distances, _disc(1))) & (mask > 0)]
+    return float(2.0 * np.percentile(ridge, 75) - 1.0)
 
 
 def normalize_strokes(digits: np.ndarray) -> np.ndarray:

@@ -63,12 +63,70 @@ def test_a_blank_page_has_no_digit():
         pp.preprocess(encode(Image.new("L", (50, 50), 200)))
 
 
+@pytest.mark.parametrize("page", ["gradient", "steep gradient", "grainy paper", "noise"])
+def test_shaded_or_grainy_blank_pages_have_no_digit(page):
+    rng = np.random.default_rng(0)
+    across = np.indices((280, 280))[1] / 280
+    pixels = {"gradient": 200 + 40 * across, "steep gradient": 150 + 100 * across,
+              "grainy paper": rng.normal(220, 8, (280, 280)),
+              "noise": rng.normal(128, 40, (280, 280))}[page]
+    _, found = pp.to_light_on_dark(np.uint8(np.clip(np.round(pixels), 0, 255))[np.newaxis])
+    assert found.tolist() == [False]
+
+
+def test_a_digit_under_a_side_light_is_found():
+    page = np.asarray(draw_one(size=(200, 200), box=(90, 40, 105, 160)), dtype=np.float32)
+    lit = page * (1 - 0.45 * np.indices(page.shape)[1] / 200) * 0.92
+    ink = light_on_dark(np.uint8(np.clip(lit, 0, 255)))
+    assert ink[100, 97] > 250 and ink[100, 30] == 0 and ink[100, 180] == 0
+
+
+def test_a_heavy_digit_filling_its_frame_keeps_paper_as_background():
+    # A thick 0 cropped to its ink: 60% of the pixels are ink, touching every edge.
+    rows, cols = np.indices((100, 80))
+    ring = np.hypot((rows - 49.5) / 50, (cols - 39.5) / 40)
+    page = np.where((ring > 0.45) & (ring < 1.05), 10, 240).astype(np.uint8)
+    assert np.mean(page == 10) > 0.55
+    ink = light_on_dark(page)
+    assert ink[50, 40] == 0 and ink[50, 3] == 255 and ink[0, 0] == 0
+
+
 def test_each_image_in_a_stack_gets_its_own_polarity():
     stack = np.stack([np.asarray(draw_one()), np.asarray(draw_one(ink=255, paper=0)),
                       np.full((300, 200), 90, dtype=np.uint8)])
     ink, found = pp.to_light_on_dark(stack)
     assert found.tolist() == [True, True, False]
     assert ink[0, 150, 100] == ink[1, 150, 100] == 255 and ink[0, 0, 0] == ink[1, 0, 0] == 0
+
+
+# --- pen width ----------------------------------------------------------------------------
+
+def stroke(width: int) -> np.ndarray:
+    """A 40 px working-size '1': a vertical stroke `width` px wide, at full strength."""
+    digit = np.zeros((40, 40), np.float32)
+    digit[:, 20 - width // 2: 20 - width // 2 + width] = 255
+    return digit
+
+
+@pytest.mark.parametrize("width", [3, 5, 9, 13])
+def test_stroke_width_measures_the_pen(width):
+    assert abs(pp.stroke_width(stroke(width)) - width) <= 1.0
+
+
+def test_a_filled_loop_does_not_pass_for_a_thick_pen():
+    # A 9 whose loop is filled: a disc on a thin stem. The stem must survive.
+    digit = stroke(3)
+    rows, cols = np.indices(digit.shape)
+    digit[np.hypot(rows - 10, cols - 15) < 9] = 255
+    assert pp.stroke_width(digit) < pp.THICK_STROKE
+    assert pp.normalize_strokes(digit[np.newaxis])[0, 4 + 35, 4 + 20] == 255
+
+
+def test_a_felt_pen_is_thinned_and_a_hairline_thickened_towards_mnist():
+    thick, thin = pp.normalize_strokes(np.stack([stroke(15), stroke(1)]))
+    for digit in (thick, thin):
+        width = (digit[20] > 127).sum()
+        assert abs(width - pp.MNIST_STROKE) <= 2.5, width
 
 
 # --- crop, scale, centre ------------------------------------------------------------------
