@@ -39,6 +39,10 @@ class Metrics:
                                        ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.shed = Counter("digits_requests_shed_total", "Requests refused with 503 because "
                             "the model's queue was full.", ["model"], registry=self.registry)
+        self.image_errors = Counter(
+            "digits_image_errors_total", "Images answered with their own error entry in a "
+            "request that was otherwise answered (200).", ["model", "status"],
+            registry=self.registry)
         self.decoder_restarts = Counter(
             "digits_decoder_restarts_total", "Decoder processes replaced after crashing or "
             "overrunning their time limit on an image.", ["reason"], registry=self.registry)

@@ -61,6 +61,9 @@ class PredictionService:
         if payload is None:
             payload = await self.preprocess.prepare_ahead(uploads)
         result = await self.batchers[model.style].submit(payload, size=len(uploads))
+        for error in result.errors.values():
+            self.metrics.image_errors.labels(model.style.value,
+                                             str(getattr(error, "status_code", 400))).inc()
         if debug:  # encoding a PNG per image is CPU work: keep it off the event loop
             return await run_in_threadpool(build_response, model, result, True)
         return build_response(model, result, False)

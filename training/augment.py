@@ -9,6 +9,9 @@ varied along those axes, per image, so the models learn the digit rather than th
     -> stroke width (erode one pixel, keep, dilate one or two)
     -> two levels (some digits thresholded)
 
+for a share of the images (`variety`); the others get only light shifts, rotations and
+zooms, so that MNIST-like digits stay the models' home ground.
+
 All of it runs inside the tf.data pipeline on whole batches; nothing is applied at serving.
 """
 
@@ -20,18 +23,20 @@ import tensorflow as tf
 from training.config import TrainingConfig
 
 
-def make_geometry(config: TrainingConfig) -> keras.Sequential:
-    """Random rotation, shear, zoom (height and width apart: aspect change) and shift."""
+def make_geometry(config: TrainingConfig, variety: bool = True) -> keras.Sequential:
+    """Random rotation, zoom and shift; with `variety`, shear and a zoom of the width of its
+    own (aspect change) too."""
     fill = {"fill_mode": "constant", "fill_value": 0.0}
     layers = [keras.layers.RandomRotation(config.rotation, **fill)]
-    if config.shear > 0:
+    if variety and config.shear > 0:
         layers.append(keras.layers.RandomShear(x_factor=config.shear, **fill))
+    width_factor = (-config.aspect, config.aspect) if variety else None
     layers += [
         keras.layers.RandomZoom(height_factor=(-config.zoom, config.zoom),
-                                width_factor=(-config.aspect, config.aspect), **fill),
+                                width_factor=width_factor, **fill),
         keras.layers.RandomTranslation(config.shift, config.shift, **fill),
     ]
-    return keras.Sequential(layers, name="augmenter")
+    return keras.Sequential(layers, name="augmenter" if variety else "light_augmenter")
 
 
 # Stroke-width choices and how often each is drawn: erode by one pixel (a hairline pen),
@@ -63,20 +68,23 @@ def random_two_level(images: tf.Tensor, rate: float) -> tf.Tensor:
 
 def make_augment(config: TrainingConfig):
     """The batch augmentation function for `Dataset.map`: images [b, 28, 28, 1] in [0, 1]."""
-    geometry = make_geometry(config)
+    geometry, light = make_geometry(config), make_geometry(config, variety=False)
 
     def augment(images: tf.Tensor) -> tf.Tensor:
-        images = geometry(images, training=True)
+        varied = geometry(images, training=True)
         if config.stroke_width:
-            images = random_stroke_width(images)
+            varied = random_stroke_width(varied)
         if config.two_level > 0:
-            images = random_two_level(images, config.two_level)
-        return images
+            varied = random_two_level(varied, config.two_level)
+        # The rest keep MNIST's own look (version 1's light augmentation), so the models
+        # lose nothing on MNIST-like digits while they learn the others.
+        chosen = tf.random.uniform([tf.shape(images)[0], 1, 1, 1]) < config.variety
+        return tf.where(chosen, varied, light(images, training=True))
 
     return augment
 
 
-def with_flagged_ones(images, labels, rng, share: float = 0.5):
+def with_flagged_ones(images, labels, rng, share: float = 1.0):
     """The training digits plus, for a `share` of the 1s, a copy written the continental way:
     a flag from the top running down to the left, and for some a base bar.
 
@@ -104,8 +112,8 @@ def _flag_one(digit, rng, cv2, np):
     top_x = int(cols[rows < top + 0.08 * height].mean())
     bottom_x = int(cols[rows > bottom - 0.08 * height].mean())
     thickness = max(scale, int(np.sqrt((big > 128).sum() / max(height, 1)) * rng.uniform(0.8, 1.2)))
-    angle = np.deg2rad(rng.uniform(25, 55))  # from the vertical
-    length = rng.uniform(0.2, 0.4) * height
+    angle = np.deg2rad(rng.uniform(25, 60))  # from the vertical
+    length = rng.uniform(0.25, 0.55) * height
     end = (int(top_x - length * np.sin(angle)), int(top + length * np.cos(angle)))
     cv2.line(big, (top_x, int(top)), end, 255, thickness, cv2.LINE_AA)
     if rng.random() < 0.5:

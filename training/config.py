@@ -16,7 +16,7 @@ class TrainingConfig:
     # The learning rate is multiplied by this each epoch after the first `warm_epochs`.
     lr_decay: float = 0.85
     warm_epochs: int = 2
-    early_stopping_patience: int = 6
+    early_stopping_patience: int = 8
     augment: bool = True
     # Augmentation ranges: shifts and zoom as fractions of the image, rotation in turns.
     shift: float = 0.08
@@ -29,8 +29,10 @@ class TrainingConfig:
     aspect: float = 0.15
     stroke_width: bool = True
     two_level: float = 0.15
+    # The share of each batch given that variety; the rest get only rotation, zoom and shift.
+    variety: float = 0.5
     # The share of MNIST's 1s also given, as extra digits, a continental flag (and base).
-    flagged_ones: float = 0.5
+    flagged_ones: float = 1.0
     tensorboard_dir: Path | None = None
     # Limits the training digits (used by smoke tests); None uses them all.
     max_train_samples: int | None = None

@@ -212,6 +212,8 @@ def test_one_bad_file_costs_only_itself_and_is_named(client):
     assert good["digit"] == also_good["digit"] and "error" not in good
     assert bad["error"]["status"] == 400 and "digit" not in bad
     assert "file #2 ('bad.png')" in bad["error"]["detail"]
+    metrics = client.get("/metrics").text
+    assert 'digits_image_errors_total{model="sequential",status="400"}' in metrics
 
 
 def test_a_lone_bad_file_fails_its_request(client):
