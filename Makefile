@@ -42,6 +42,7 @@ soak: $(STAMP)
 
 figures: $(STAMP)
 	$(BIN)/python -m scripts.preprocessing_figure --data $(DATA)
+	$(BIN)/python -m scripts.realworld_figure --data $(DATA)
 	$(BIN)/python -m scripts.page_screenshot
 
 # Lint the Dockerfile, validate the compose file for every profile with Compose's own

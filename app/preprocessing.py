@@ -159,26 +159,43 @@ def to_light_on_dark(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Takes uint8 [n, H, W]; returns the ink, float32 [n, H, W], and which images have a
     digit at all (bool [n]; the others are blank or nearly so).
 
-    The background is the most common level (the median), and the noise around it its
-    median deviation; ink is whichever extreme lies further from it, so dark ink on grey
-    paper and white chalk on a blackboard both come out as MNIST does. Except when the
-    digit fills the frame: a heavy digit cropped tight (a postal 0 or 8) can cover more than
-    half of the image, and its ink then reaches the image's outer frame in force, which
-    splits into two clusters, paper and ink. The paper is then the frame's larger cluster.
+    The background is the paper's level: the median of the image's outer frame, or the
+    whole image's median when the frame is the less even of the two (a page shaded from
+    one edge to the other). A heavy digit cropped tight (a postal 0 or 8) can cover over
+    half the image, so that the median is ink, and reach into the frame too; but it touches
+    the frame at a few places only, and the frame's larger side is then the paper. Ink is
+    whichever extreme lies further from the background, so dark ink on grey paper and
+    white chalk on a blackboard both come out as MNIST does.
     """
     levels = _LevelCounts.of(grays)
+    edges = [_histograms(edge.reshape(len(edge), -1)) for edge in frame_edges(grays)]
+    frame = _LevelCounts(sum(edges))
     # Near-extremes rather than min/max, so a few stray pixels can't decide; near enough
     # to the ends that a thin pen stroke on a big page (well under 1% of it) still counts.
     low, median, high = levels.quantiles(0.0002, 0.5, 0.9998).T
-    frame = _LevelCounts.of(outer_frame(grays))
-    middle = (low + high) / 2
-    paper = _paper_levels(frame, middle)
+    spread = levels.median_deviation(median)
+    frame_level = frame.quantiles(0.5)[:, 0]
+    frame_spread = frame.median_deviation(frame_level)
+    # A page: the paper is the calmer of the image and its frame (the frame unless the page
+    # is shaded from edge to edge), and noise the smaller spread (a large digit's grey
+    # edges inflate the image's, shading the frame's).
+    background = np.where(frame_spread < spread, frame_level, median)
+    deviation = np.minimum(spread, frame_spread)
+    # A digit filling the image: the median is ink or its grey edges, and the paper is the
+    # frame's larger side, split at the middle level: even, well away from the median, and
+    # along all four edges (a page shaded from one edge to the other has each half of its
+    # range along one side instead).
+    paper_side = _paper_side(frame, (low + high) / 2)
+    paper = _LevelCounts(np.where(paper_side, frame.counts, 0))
     paper_level = paper.quantiles(0.5)[:, 0]
-    filled = _two_clusters(frame, middle)
-    background = np.where(filled, paper_level, median)
+    paper_spread = paper.median_deviation(paper_level)
+    on_every_edge = np.min([(edge * paper_side).sum(axis=1) / edge.sum(axis=1)
+                            for edge in edges], axis=0) > 0.25
+    filled = ((np.abs(paper_level - median) > 0.25 * (high - low))
+              & (paper_spread < 0.05 * (high - low)) & on_every_edge)
+    background = np.where(filled, paper_level, background)
+    deviation = np.where(filled, paper_spread, deviation)
     # Paper texture and sensor noise sit a few levels off the background; drop them.
-    deviation = np.where(filled, paper.median_deviation(paper_level),
-                         levels.median_deviation(median))
     noise = 3.0 * 1.4826 * deviation
     inverted = (background - low) > (high - background)
     # ink = (background - noise) - gray when inverted, else gray - (background + noise)
@@ -194,19 +211,15 @@ def to_light_on_dark(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ink, found
 
 
-def outer_frame(grays: np.ndarray) -> np.ndarray:
-    """[n, k]: the pixels of each image's outermost rows and columns (a band 2% of the
-    image's size deep, at least one pixel)."""
+def frame_edges(grays: np.ndarray) -> list[np.ndarray]:
+    """The four bands along each image's edges (top, bottom, left, right), each 2% of the
+    image's size deep (at least one pixel), [n, depth, length] or [n, length, depth]."""
     _, height, width = grays.shape
     depth = max(1, round(0.02 * min(height, width)))
     if 2 * depth >= min(height, width):
-        return grays.reshape(len(grays), -1)
-    return np.concatenate([
-        grays[:, :depth, :].reshape(len(grays), -1),
-        grays[:, -depth:, :].reshape(len(grays), -1),
-        grays[:, depth:-depth, :depth].reshape(len(grays), -1),
-        grays[:, depth:-depth, -depth:].reshape(len(grays), -1),
-    ], axis=1)
+        return [grays] * 4
+    return [grays[:, :depth, :], grays[:, -depth:, :],
+            grays[:, depth:-depth, :depth], grays[:, depth:-depth, -depth:]]
 
 
 def _per_image(values: np.ndarray) -> np.ndarray:
@@ -217,32 +230,13 @@ def _per_image(values: np.ndarray) -> np.ndarray:
 _LEVELS = np.arange(256)
 
 
-# A frame whose levels split into two clusters explaining this much of their variance is
-# paper and ink; a page's own shading (a gradient: 0.75, noise: 0.64) stays below it.
-TWO_CLUSTERS = 0.9
-
-
-def _two_clusters(frame: _LevelCounts, middle: np.ndarray) -> np.ndarray:
-    """bool [n]: whether each frame's levels fall into two clusters either side of `middle`
-    (Otsu's separability: the variance between the two sides over the total variance)."""
-    counts = frame.counts.astype(np.float64)
-    dark = _LEVELS[np.newaxis, :] < middle[:, np.newaxis]
-    total = counts.sum(axis=1)
-    share_dark = (counts * dark).sum(axis=1) / total
-    mean = counts @ _LEVELS / total
-    mean_dark = (counts * dark) @ _LEVELS / np.maximum((counts * dark).sum(axis=1), 1)
-    mean_light = (counts * ~dark) @ _LEVELS / np.maximum((counts * ~dark).sum(axis=1), 1)
-    variance = counts @ (_LEVELS**2) / total - mean**2
-    between = share_dark * (1 - share_dark) * (mean_dark - mean_light) ** 2
-    return between > TWO_CLUSTERS * np.maximum(variance, 1e-9)
-
-
-def _paper_levels(frame: _LevelCounts, middle: np.ndarray) -> _LevelCounts:
-    """The frame's levels on its majority side of `middle` (per image): the paper's."""
+def _paper_side(frame: _LevelCounts, middle: np.ndarray) -> np.ndarray:
+    """bool [n, 256]: the levels on the frame's larger side of `middle`, per image: the
+    paper's, when a digit fills the image and reaches its frame."""
     dark = _LEVELS[np.newaxis, :] < middle[:, np.newaxis]
     dark_count = (frame.counts * dark).sum(axis=1)
     paper_is_dark = dark_count > frame.counts.sum(axis=1) - dark_count
-    return _LevelCounts(np.where(dark == paper_is_dark[:, np.newaxis], frame.counts, 0))
+    return dark == paper_is_dark[:, np.newaxis]
 
 
 class _LevelCounts:
@@ -338,9 +332,9 @@ WORKING_BOX = 40
 
 # MNIST's median stroke width at WORKING_BOX, in pixels (as `stroke_width` measures it, over
 # the held-out digits: `python -m bench.accuracy --strokes` prints the distribution).
-MNIST_STROKE = 4.7
+MNIST_STROKE = 4.5
 # Pens outside this band around MNIST's are brought back to MNIST_STROKE; inside it the
-# digit is left alone (MNIST's own 5th to 95th percentiles are 3.0 and 7.25).
+# digit is left alone (MNIST's own 5th to 95th percentiles are 3.0 and 7.5).
 THICK_STROKE = 1.5 * MNIST_STROKE
 THIN_STROKE = 0.5 * MNIST_STROKE
 # Strokes are cut at half strength when measured.
@@ -348,20 +342,39 @@ STROKE_MASK_LEVEL = 128.0
 
 
 def stroke_width(digit: np.ndarray) -> float:
-    """The typical stroke width of a float32 digit, in pixels, from its distance transform.
+    """The typical stroke width of one float32 digit, in pixels (see `stroke_widths`)."""
+    return float(stroke_widths(digit[np.newaxis])[0])
+
+
+# Ridge distances are counted in quarter pixels.
+_DISTANCE_STEPS = 4
+
+
+def stroke_widths(digits: np.ndarray) -> np.ndarray:
+    """The typical stroke width of each float32 digit [n, H, W], in pixels: float [n].
 
     Along the middle of a stroke w pixels wide (its ridge: the pixels farthest from the
     background locally) the distance to the background is about (w + 1) / 2. Its upper
     quartile over the ridge is the pen's width: above the stroke ends' and corners' smaller
     values, and below a filled loop's or an ink blot's, which add a few ridge pixels but
     many inked ones, so they can't pass for a thick pen and get the strokes eroded away.
+    The distance transform is OpenCV's, image by image; the rest is done on the stack.
     """
-    mask = np.pad((digit >= STROKE_MASK_LEVEL).astype(np.uint8), 1)
-    if not mask.any():
-        return MNIST_STROKE
-    distances = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    ridge = distances[(distances >= cv2.dilate(distances, _disc(1))) & (mask > 0)]
-    return float(2.0 * np.percentile(ridge, 75) - 1.0)
+    if len(digits) == 0:
+        return np.zeros(0)
+    masks = np.pad(digits >= STROKE_MASK_LEVEL, ((0, 0), (1, 1), (1, 1))).astype(np.uint8)
+    distances = np.empty(masks.shape, np.float32)
+    neighbourhood = np.empty(masks.shape, np.float32)
+    for i, mask in enumerate(masks):
+        distances[i] = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_5)
+        neighbourhood[i] = cv2.dilate(distances[i], _disc(1))
+    image, *_ = ridge = np.nonzero((distances >= neighbourhood) & (masks > 0))
+    steps = np.minimum(np.round(distances[ridge] * _DISTANCE_STEPS), 255).astype(np.int64)
+    counts = np.bincount(image * 256 + steps, minlength=256 * len(digits)).reshape(-1, 256)
+    cumulative = np.cumsum(counts, axis=1)
+    upper_quartile = _count_below(cumulative, 0.75 * cumulative[:, -1:])[:, 0]
+    widths = 2.0 * upper_quartile / _DISTANCE_STEPS - 1.0
+    return np.where(cumulative[:, -1] > 0, widths, MNIST_STROKE)
 
 
 def normalize_strokes(digits: np.ndarray) -> np.ndarray:
@@ -370,15 +383,15 @@ def normalize_strokes(digits: np.ndarray) -> np.ndarray:
     [n, WORKING_BOX, WORKING_BOX] (with a margin added for the dilation)."""
     margin = 4
     padded = np.pad(digits, ((0, 0), (margin, margin), (margin, margin)))
-    for i, digit in enumerate(padded):
-        width = stroke_width(digit)
-        if width > THICK_STROKE:
+    widths = stroke_widths(digits)
+    for i in np.flatnonzero((widths > THICK_STROKE) | (widths < THIN_STROKE)).tolist():
+        if widths[i] > THICK_STROKE:
             # Erosion by k narrows strokes by 2k, and re-fitting the smaller digit to the box
             # widens them again by box / (box - 2k): solve for the k that lands on MNIST's.
-            radius = round((width - MNIST_STROKE) / (2 - MNIST_STROKE / WORKING_BOX))
-            padded[i] = cv2.erode(digit, _disc(radius))
-        elif width < THIN_STROKE:
-            padded[i] = cv2.dilate(digit, _disc(round((MNIST_STROKE - width) / 2)))
+            radius = round((widths[i] - MNIST_STROKE) / (2 - MNIST_STROKE / WORKING_BOX))
+            padded[i] = cv2.erode(padded[i], _disc(radius))
+        else:
+            padded[i] = cv2.dilate(padded[i], _disc(round((MNIST_STROKE - widths[i]) / 2)))
     return padded
 
 

@@ -173,11 +173,11 @@ def slanted(digit: np.ndarray, rng: np.random.Generator) -> bytes:
 
 
 def tight_crop(digit: np.ndarray, rng: np.random.Generator) -> bytes:
-    """Cropped to the ink and stretched wider, up to a square, as some form readers store
-    digits (a 1 only to 60% of its height: stretched further it is a black rectangle)."""
+    """Cropped to the ink and stretched wider to a square, as some form readers store
+    digits (a narrow 1 is only cropped: stretched, it would be a black rectangle)."""
     ink = _tight(_large_ink(digit, 112))
     height, width = ink.shape
-    stretched_width = max(width, round(height * (0.6 if width < 0.4 * height else 1.0)))
+    stretched_width = width if width < 0.4 * height else max(width, height)
     stretched = np.asarray(Image.fromarray(np.uint8(255 * ink)).resize((stretched_width, height)),
                            dtype=np.float32) / 255
     return _dark_on_white(stretched)
