@@ -13,11 +13,15 @@ Sets:
   mnist    the 5,000 held-out MNIST training digits (the last 5,000), as PNG files.
   redrawn  the same digits re-drawn six ways people send them (scripts/realworld_images.py),
            the first 2,000, as in tests/app/test_accuracy.py.
+  heavy_ink, two_level, thick_pen, thin_faint, slanted, tight_crop
+           300 held-out digits drawn as each pen-and-writer class of real handwriting
+           (scripts/realworld_images.py PENS_AND_WRITERS).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -65,7 +69,20 @@ def redrawn(count: int = 2000) -> tuple[list[bytes], np.ndarray]:
     return ([ways[i % len(ways)](images[i], rng) for i in range(count)], labels[:count])
 
 
-SETS = {"dev": dev_set, "mnist": mnist_pngs, "redrawn": redrawn}
+def pen_and_writer(kind: str, count: int = 300) -> tuple[list[bytes], np.ndarray]:
+    """Held-out digits drawn as one of the pen-and-writer classes, with a fixed seed."""
+    from scripts.realworld_images import PENS_AND_WRITERS
+
+    images, labels = mnist_held_out()
+    rng = np.random.default_rng(1)
+    make = PENS_AND_WRITERS[kind]
+    return [make(images[i], rng) for i in range(count)], labels[:count]
+
+
+SETS = {"dev": dev_set, "mnist": mnist_pngs, "redrawn": redrawn,
+        **{kind: functools.partial(pen_and_writer, kind)
+           for kind in ("heavy_ink", "two_level", "thick_pen", "thin_faint", "slanted",
+                        "tight_crop")}}
 
 
 def prepared(blobs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +122,6 @@ def main() -> None:
                         help="print each set's pen widths (app.preprocessing.stroke_width) "
                              "instead, relative to MNIST_STROKE")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
     if args.strokes:
         for name in args.sets.split(","):
             print_stroke_widths(name, SETS[name]()[0])
