@@ -74,10 +74,10 @@ def valid_prediction(base: str) -> float:
 
 def test_headers_sent_a_byte_at_a_time_are_cut_with_408(server):
     _, base = server
+    started = time.monotonic()  # before connecting: the server's clock starts at accept
     sock, stop = connect(base), threading.Event()
     request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000 + b"\r\n\r\n"
     sender = threading.Thread(target=trickle, args=(sock, request, 0.05, stop))
-    started = time.monotonic()
     sender.start()
     try:
         assert valid_prediction(base) < 5  # answered while the slow client trickles
@@ -94,8 +94,8 @@ def test_headers_sent_a_byte_at_a_time_are_cut_with_408(server):
 
 def test_a_connection_that_says_nothing_is_closed(server):
     _, base = server
+    started = time.monotonic()  # before connecting: the server's clock starts at accept
     with connect(base) as sock:
-        started = time.monotonic()
         assert read_until_closed(sock) == b""  # closed without an answer: nothing was asked
         assert HEADER_TIMEOUT_S <= time.monotonic() - started < HEADER_TIMEOUT_S + 10
 
@@ -127,10 +127,10 @@ def test_a_body_sent_a_byte_at_a_time_gets_408_and_the_connection_closes(server)
     _, base = server
     sock, stop = connect(base), threading.Event()
     body = encode(draw_one())
+    started = time.monotonic()  # before the head: the body's clock starts when it arrives
     sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
                  b"Content-Length: %d\r\n\r\n" % len(body))
     sender = threading.Thread(target=trickle, args=(sock, body, 0.05, stop))
-    started = time.monotonic()
     sender.start()
     try:
         assert valid_prediction(base) < 5
@@ -150,9 +150,9 @@ def test_a_body_left_to_drain_after_its_answer_is_cut(server):
     # keep the connection open (each byte would restart uvicorn's keep-alive timer).
     _, base = server
     sock, stop = connect(base), threading.Event()
+    started = time.monotonic()  # before the head: the body's clock starts when it arrives
     sock.sendall(b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
     sender = threading.Thread(target=trickle, args=(sock, b"x" * 100000, 0.05, stop))
-    started = time.monotonic()
     sender.start()
     try:
         answer = read_until_closed(sock)
