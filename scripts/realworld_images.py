@@ -107,11 +107,6 @@ REAL_WORLD: dict[str, Callable[[np.ndarray, np.random.Generator], bytes]] = {
 
 # --- pens, writers and scanners unlike MNIST's (the failure classes of real handwriting) ----
 
-def _large_ink(digit: np.ndarray, size: int) -> np.ndarray:
-    """The digit's ink (0..1) at size x size, as a float image."""
-    return _upscaled_ink(digit, size)
-
-
 def _pen(ink: np.ndarray, radius: int) -> np.ndarray:
     """The same strokes drawn with a pen `radius` px wider (dilation) or narrower (erosion)."""
     import cv2
@@ -132,13 +127,13 @@ def _dark_on_white(ink: np.ndarray) -> bytes:
 
 def heavy_ink(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """A felt-tip digit cropped tight: ink covers about half the frame and touches each edge."""
-    ink = _pen(_large_ink(digit, 112), int(rng.integers(5, 9)))
+    ink = _pen(_upscaled_ink(digit, 112), int(rng.integers(5, 9)))
     return _dark_on_white(_tight(ink))
 
 
 def two_level(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """A thresholded form scan: black and white only, a thick pen, nearest-neighbour scaled."""
-    ink = _pen(_large_ink(digit, 32), 1) > 0.5
+    ink = _pen(_upscaled_ink(digit, 32), 1) > 0.5
     big = np.kron(ink, np.ones((4, 4), dtype=bool))
     return encode(Image.fromarray(np.uint8(np.where(big, 0, 255))).convert("1"))
 
@@ -146,14 +141,14 @@ def two_level(digit: np.ndarray, rng: np.random.Generator) -> bytes:
 def thick_pen(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """A marker: strokes three to four times MNIST's width, with paper around them."""
     size = 140
-    ink = _pen(_large_ink(digit, size), int(rng.integers(6, 9)))
+    ink = _pen(_upscaled_ink(digit, size), int(rng.integers(6, 9)))
     return _dark_on_white(np.pad(ink, 30))
 
 
 def thin_faint(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """A hairline in faded ink on grey paper: a third of MNIST's stroke, a fifth of the contrast."""
     size = 200
-    ink = _pen(_large_ink(digit, size), -4)
+    ink = _pen(_upscaled_ink(digit, size), -4)
     paper, pen = float(rng.integers(170, 200)), float(rng.integers(110, 135))
     page = np.pad(paper * (1 - ink) + pen * ink, 40, constant_values=paper)
     page += rng.normal(0, 2, size=page.shape)
@@ -165,7 +160,7 @@ def slanted(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     import cv2
 
     size = 140
-    ink = np.pad(_large_ink(digit, size), 60)
+    ink = np.pad(_upscaled_ink(digit, size), 60)
     shear = np.tan(np.deg2rad(rng.uniform(20, 35))) * rng.choice([-1, 1])
     height, width = ink.shape
     matrix = np.float32([[1, -shear, shear * height / 2], [0, 1, 0]])
@@ -175,7 +170,7 @@ def slanted(digit: np.ndarray, rng: np.random.Generator) -> bytes:
 def tight_crop(digit: np.ndarray, rng: np.random.Generator) -> bytes:
     """Cropped to the ink and stretched wider to a square, as some form readers store
     digits (a narrow 1 is only cropped: stretched, it would be a black rectangle)."""
-    ink = _tight(_large_ink(digit, 112))
+    ink = _tight(_upscaled_ink(digit, 112))
     height, width = ink.shape
     stretched_width = width if width < 0.4 * height else max(width, height)
     stretched = np.asarray(Image.fromarray(np.uint8(255 * ink)).resize((stretched_width, height)),

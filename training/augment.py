@@ -17,7 +17,9 @@ All of it runs inside the tf.data pipeline on whole batches; nothing is applied 
 
 from __future__ import annotations
 
+import cv2
 import keras
+import numpy as np
 import tensorflow as tf
 
 from training.config import TrainingConfig
@@ -92,17 +94,14 @@ def with_flagged_ones(images, labels, rng, share: float = 1.0):
     reads a flagged 1 as a 4 or a 7 and a based one as a 2. Taught on both, it reads all.
     Returns new arrays: uint8 images [n + m, 28, 28] and labels [n + m].
     """
-    import cv2
-    import numpy as np
-
     ones = np.flatnonzero(labels == 1)
     chosen = rng.choice(ones, size=int(share * len(ones)), replace=False)
-    extra = np.stack([_flag_one(images[i], rng, cv2, np) for i in chosen])
+    extra = np.stack([_flag_one(images[i], rng) for i in chosen])
     return (np.concatenate([images, extra]),
             np.concatenate([labels, np.full(len(extra), 1, labels.dtype)]))
 
 
-def _flag_one(digit, rng, cv2, np):
+def _flag_one(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One MNIST 1 with a flag (always) and a base (half the time), re-centred by mass."""
     scale = 4  # draw at 4x for smooth anti-aliased strokes, then shrink back
     big = cv2.resize(digit, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
