@@ -394,13 +394,14 @@ def _tiff_header(data: bytes) -> ImageHeader:
             if where + size > len(data):
                 raise _corrupt("a TIFF tag points past the end of the file")
     offsets_tag, counts_tag = (324, 325) if 324 in tags else (273, 279)
+    strips = tags.get(offsets_tag, (0, 0, 0))[1]
+    if strips > MAX_TIFF_STRIPS:  # refused before its arrays are read
+        raise ImageError(f"The TIFF has {strips:,} strips or tiles; the limit is "
+                         f"{MAX_TIFF_STRIPS:,}.")
     offsets = _tiff_array(data, order, tags.get(offsets_tag))
     counts = _tiff_array(data, order, tags.get(counts_tag))
     if len(offsets) == 0 or len(offsets) != len(counts):
         raise _corrupt("the TIFF has no image data")
-    if len(offsets) > MAX_TIFF_STRIPS:
-        raise ImageError(f"The TIFF has {len(offsets):,} strips or tiles; the limit is "
-                         f"{MAX_TIFF_STRIPS:,}.")
     if int((offsets + counts).max()) > len(data):
         raise _corrupt("its image data ends early")
     per_pixel = (_GREY_BYTES if samples == 1 and bits <= 8
@@ -536,7 +537,9 @@ def shrink(image: Image.Image) -> Image.Image:
     scale = WORKING_SIZE / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     factor = max(image.size) // WORKING_SIZE
-    mode = _reducible_mode(image)
+    # A 1-bit image is reduced as grey even when one of its two values is transparent:
+    # "LA" bands cost five times as much to convert and reduce (150 ms for 40 megapixels).
+    mode = "L" if image.mode == "1" else _reducible_mode(image)
     reduced = Image.new(mode, (-(-image.width // factor), -(-image.height // factor)))
     band = factor * 32
     for top in range(0, image.height, band):
@@ -544,7 +547,17 @@ def shrink(image: Image.Image) -> Image.Image:
         if piece.mode != mode:
             piece = piece.convert(mode)
         reduced.paste(piece.reduce(factor) if factor > 1 else piece, (0, top // factor))
+    if image.mode == "1" and "transparency" in image.info:
+        reduced = _bilevel_with_alpha(reduced, transparent_white=bool(image.info["transparency"]))
     return reduced.resize(size, Image.Resampling.BOX)
+
+
+def _bilevel_with_alpha(grey: Image.Image, transparent_white: bool) -> Image.Image:
+    """The "LA" image of a reduced 1-bit image one of whose values is transparent. Every
+    visible pixel had the other value, so that is the colour throughout, and the share of
+    visible pixels in each reduced one (its alpha) is its grey level, or its inverse."""
+    alpha = Image.eval(grey, lambda level: 255 - level) if transparent_white else grey
+    return Image.merge("LA", (Image.new("L", grey.size, 0 if transparent_white else 255), alpha))
 
 
 def _reducible_mode(image: Image.Image) -> str:

@@ -10,21 +10,25 @@ from __future__ import annotations
 WINDOW = 1 << 20
 
 
+def find(data: bytes, needle: bytes, start: int = 0) -> int:
+    """`data.find(needle, start)`, a window at a time."""
+    while start < len(data):
+        stop = min(len(data), start + WINDOW + len(needle))
+        found = data.find(needle, start, stop)
+        if found >= 0 or stop == len(data):
+            return found
+        start = stop - len(needle) + 1  # a match may straddle two windows
+    return -1
+
+
 def find_all(data: bytes, needle: bytes, limit: int) -> list[int]:
     """Where `needle` starts in `data`, left to right, at most `limit` + 1 of them (one more
     than the caller allows, so that it can tell there were too many)."""
     positions: list[int] = []
     start = 0
-    while start < len(data) and len(positions) <= limit:
-        stop = min(len(data), start + WINDOW + len(needle))
-        found = data.find(needle, start, stop)
-        if found >= 0:
-            positions.append(found)
-            start = found + len(needle)
-        elif stop == len(data):
-            break
-        else:
-            start = stop - len(needle) + 1  # a match may straddle two windows
+    while len(positions) <= limit and (found := find(data, needle, start)) >= 0:
+        positions.append(found)
+        start = found + len(needle)
     return positions
 
 

@@ -120,13 +120,16 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float = 60.0) -
                 size += len(chunk)
                 if size > max_bytes:
                     raise UploadError(413, _too_large(size, max_bytes, at_least=True))
-                chunks.append(chunk)
+                if chunk:  # the stream ends with an empty one
+                    chunks.append(chunk)
     except ClientDisconnect as error:
         raise ClientGone(f"the client went away after {size:,} bytes") from error
     except TimeoutError as error:
         raise UploadError(408, f"The body took over {timeout_s:g} s to arrive ({size:,} bytes "
                                "by then; DIGITS_BODY_TIMEOUT_S).") from error
-    return b"".join(chunks)
+    # The protocol (app.connections) hands a body over whole: joining it again would
+    # copy megabytes for nothing.
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _too_large(size: int, limit: int, at_least: bool = False) -> str:
@@ -144,26 +147,35 @@ def parse_multipart(body: bytes, boundary: bytes, max_images: int) -> list[Uploa
 
     The whole body is already in memory (and bounded), so the parts are found by searching
     for the boundary: a few C-level byte operations instead of a streaming parser's
-    callback per header and chunk, which matters for many small images.
+    callback per header and chunk, which matters for many small images. Each part is
+    checked before the next delimiter is searched for, so a body that goes wrong early
+    (a part header that never ends) is refused without searching the rest of it.
     """
     delimiter = b"--" + boundary
     limit = 2 * max_images + 16  # each part is a few objects: a bounded number of them
-    positions = find_all(body, delimiter, limit)
-    if len(positions) > limit:
-        raise UploadError(413, f"The multipart body has over {limit} parts; send at most "
-                               f"{max_images} images (DIGITS_MAX_IMAGES_PER_REQUEST).")
-    # Before the first delimiter is the preamble; the last must be the closing "--".
-    if not positions or body[positions[-1] + len(delimiter):][:2] != b"--":
-        raise UploadError(400, "Malformed multipart body: no closing boundary (truncated?).")
-    uploads = []
-    for start, end in itertools.pairwise(positions):
-        start += len(delimiter)
-        if body[start: start + 2] != b"\r\n" or body[end - 2: end] != b"\r\n":
-            raise UploadError(400, "Malformed multipart body: a part is not framed by CRLF.")
-        header_end = body.find(b"\r\n\r\n", start + 2, min(end, start + MAX_PART_HEADER_BYTES))
-        if header_end < 0:
+    uploads: list[Upload] = []
+    parts = 0
+    position = scanning.find(body, delimiter)  # before it is the preamble
+    while position >= 0:
+        start = position + len(delimiter)
+        if body[start: start + 2] == b"--":
+            return uploads  # the closing delimiter; what follows is an epilogue
+        parts += 1
+        if parts >= limit:
+            raise UploadError(413, f"The multipart body has over {limit} parts; send at "
+                                   f"most {max_images} images (DIGITS_MAX_IMAGES_PER_REQUEST).")
+        if body[start: start + 2] != b"\r\n":
+            raise _not_framed()
+        header_end = body.find(b"\r\n\r\n", start + 2, start + MAX_PART_HEADER_BYTES)
+        if header_end >= 0:
+            position = scanning.find(body, delimiter, start)
+        if header_end < 0 or 0 <= position < header_end + 4:
             raise UploadError(400, "Malformed multipart body: a part has no header end within "
                                    f"{MAX_PART_HEADER_BYTES:,} bytes.")
+        if position < 0:
+            break
+        if body[position - 2: position] != b"\r\n":
+            raise _not_framed()
         name, filename = _disposition(body[start + 2: header_end])
         if name != b"file":
             continue
@@ -172,8 +184,12 @@ def parse_multipart(body: bytes, boundary: bytes, max_images: int) -> list[Uploa
         label = f"file #{len(uploads) + 1}"
         if filename:
             label += f" ('{filename[:100].decode('utf-8', 'replace')}')"
-        uploads.append(Upload(label, body[header_end + 4: end - 2]))
-    return uploads
+        uploads.append(Upload(label, body[header_end + 4: position - 2]))
+    raise UploadError(400, "Malformed multipart body: no closing boundary (truncated?).")
+
+
+def _not_framed() -> UploadError:
+    return UploadError(400, "Malformed multipart body: a part is not framed by CRLF.")
 
 
 def _disposition(head: bytes) -> tuple[bytes | None, bytes | None]:

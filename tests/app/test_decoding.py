@@ -307,3 +307,19 @@ def test_a_truncated_plain_png_is_refused():
     data = encode(draw_one())
     with pytest.raises(dec.ImageError, match="corrupt or truncated"):
         decode(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("transparent", [0, 1])
+def test_a_large_bilevel_image_with_a_transparent_value_shrinks_as_it_would_whole(transparent):
+    # Shrunk through grey bands (five times cheaper), with its alpha derived afterwards:
+    # the same pixels as converting the whole image to grey + alpha first.
+    rng = np.random.default_rng(transparent)
+    ink = rng.random((2600, 1900)) < 0.03
+    ink[600:1800, 700:1100] = True
+    data = encode(Image.fromarray(ink).convert("1"), "PNG", transparency=transparent)
+    decoded = dec.decode(data, dec.inspect(data, dec.DecodeLimits()))
+    whole = Image.open(io.BytesIO(data)).convert("LA")
+    expected = whole.reduce(2).resize(decoded.shape[::-1], Image.Resampling.BOX)
+    expected = dec.to_grayscale(dec.flatten_transparency(expected))
+    assert decoded.shape == (1024, 748)
+    assert np.abs(decoded.astype(int) - expected.astype(int)).max() <= 1

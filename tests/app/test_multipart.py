@@ -94,7 +94,21 @@ def test_a_damaged_body_is_a_400_or_413_never_anything_else(parts, boundary, cut
         assert all(isinstance(upload.data, bytes) for upload in uploads)
 
 
-def test_a_body_of_nothing_but_delimiters_is_refused_before_splitting():
+def test_a_body_of_a_million_empty_parts_is_refused_at_the_part_limit():
     with pytest.raises(UploadError) as refused:
-        parse_multipart(b"--a\r\n" * 1_000_000, b"a", 256)
+        parse_multipart(b"--a\r\nX: y\r\n\r\n\r\n" * 1_000_000, b"a", 256)
     assert refused.value.status_code == 413
+
+
+def test_a_part_header_that_never_ends_is_refused_without_reading_on():
+    body = (b'--a\r\nContent-Disposition: form-data; name="file"; filename="'
+            + b"n" * 9_000_000 + b'.png"\r\n\r\ndata')
+    # Truncated too, but judged by its first part: the 9 MB after it are never searched.
+    with pytest.raises(UploadError, match="no header end") as refused:
+        parse_multipart(body, b"a", 256)
+    assert refused.value.status_code == 400
+
+
+def test_an_epilogue_after_the_closing_delimiter_is_ignored():
+    body = b'--a\r\nContent-Disposition: form-data; name="file"\r\n\r\nxy\r\n--a--\r\n--a\r\n'
+    assert [upload.data for upload in parse_multipart(body, b"a", 4)] == [b"xy"]
