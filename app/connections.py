@@ -8,7 +8,10 @@ compose up` exposes this service directly, so it sets them itself:
   or a silent close for a connection that never sent a byte) and within `max_header_bytes`
   (else 431). The size is checked before the parser sees the bytes, because httptools
   buffers each header whole before handing it over: a 100 MB header would be 100 MB here.
-- **bodies**: the app times the body it reads (`app.uploads.read_body` answers 408). A body
+- **bodies**: a body is handed to the app in two pieces, its first 256 KB and the rest, and
+  reading waits in between, so that the app can refuse it from its start without reading
+  the rest. The app times the body it reads
+  (`app.uploads.read_body` answers 408). A body
   still arriving after its answer (an early 413, a route that ignores bodies) may drain for
   `body_timeout_s`, then the connection closes: otherwise each byte would restart uvicorn's
   keep-alive timer and a trickle could hold the connection for ever.
@@ -30,6 +33,8 @@ import logging
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app import allocator
+
 logger = logging.getLogger("digits.connections")
 
 
@@ -50,6 +55,7 @@ class BodyBudget:
     def __init__(self, limit: int):
         self.limit = limit
         self.held = 0
+        self.trimmer = allocator.Trimmer()  # hands back what large bodies leave in the heap
 
 
 def protocol_for(limits: ConnectionLimits):
@@ -70,6 +76,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self.bodies: list[tuple[object, Chunks]] = []
         self.trailer_bytes = 0  # of the current request's chunked-body trailers
         self.body_pieces = 0  # parser callbacks for the current request's body
+        self.prefix_handed_over = False  # the current request's first PREFIX_BYTES
         self.reading_headers = True  # until the current request's headers are complete
         self.header_bytes = 0  # of the current request's line and headers, so far
         self.deadline: asyncio.TimerHandle | None = None  # for its headers, or a body drain
@@ -143,9 +150,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         # the app for it, pauses reading past 64 KB, and copies the buffer again for the
         # app: a 10 MB upload cost ~150 rounds of the app's read loop and three copies, on
         # the loop that answers every other request. Here the chunks are kept as they come
-        # and handed over joined, once: at the body's end, or when it passes the largest
-        # body the app accepts (which then refuses it). Reading pauses at that point, so a
-        # connection whose app does not read holds no more than the app itself would.
+        # and handed over joined: the first PREFIX_BYTES, then the rest at the body's end,
+        # or when it passes the largest body the app accepts (which then refuses it).
+        # Reading pauses at that point, so a connection whose app does not read holds no
+        # more than the app itself would.
         cycle = self.cycle
         if self.transport.is_closing():  # refused: the rest of this read is not wanted
             return
@@ -168,11 +176,19 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if len(cycle.body) > self.limits.max_body_bytes:
             self.flow.pause_reading()
             cycle.message_event.set()
+        elif not self.prefix_handed_over and len(cycle.body) >= PREFIX_BYTES:
+            # The app judges a large body's start before the rest is read (`read_body`): a
+            # body whose first bytes show it bad is refused without being read whole.
+            # Reading resumes when the app asks for the rest.
+            self.prefix_handed_over = True
+            cycle.body.keep_counted = True  # the app holds it until the rest has come
+            self.flow.pause_reading()
+            cycle.message_event.set()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self.reading_headers, self.header_bytes, self.trailer_bytes = True, 0, 0
-        self.body_pieces = 0
+        self.body_pieces, self.prefix_handed_over = 0, False
         self.disarm()
 
     def on_response_complete(self) -> None:
@@ -188,6 +204,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         for cycle, body in self.bodies:
             if everything or cycle.response_complete:
                 body.release()
+                if body.received >= allocator.LARGE_BODY_BYTES:
+                    self.budget.trimmer.trim_soon()
             else:
                 keep.append((cycle, body))
         self.bodies = keep
@@ -245,8 +263,13 @@ class Chunks:
 
     def __init__(self, budget: BodyBudget) -> None:
         self.parts: list[bytes | bytearray] = []
-        self.size = 0
+        self.size = 0  # held here, not yet handed over
+        self.received = 0  # in all
         self.budget = budget
+        # A body's start, handed over before its end, stays counted (`lent`) until the
+        # request is answered: the app holds it meanwhile.
+        self.keep_counted = False
+        self.lent = 0
 
     def __iadd__(self, chunk: bytes) -> Chunks:
         if len(chunk) >= SMALL_CHUNK_BYTES:
@@ -256,6 +279,7 @@ class Chunks:
         else:
             self.parts.append(bytearray(chunk))
         self.size += len(chunk)
+        self.received += len(chunk)
         self.budget.held += len(chunk)
         return self
 
@@ -264,15 +288,20 @@ class Chunks:
 
     def __bytes__(self) -> bytes:
         data = b"".join(self.parts)
-        self.release()  # the app has it now
+        if self.keep_counted:
+            self.lent += self.size
+            self.parts, self.size = [], 0
+        else:
+            self.release()  # the app has it now
         return data
 
     def release(self) -> None:
-        self.budget.held -= self.size
-        self.parts, self.size = [], 0
+        self.budget.held -= self.size + self.lent
+        self.parts, self.size, self.lent = [], 0, 0
 
 
 SMALL_CHUNK_BYTES = 16 * 1024
+PREFIX_BYTES = 256 * 1024  # as app.uploads.PREFIX_BYTES, which says why
 MAX_PIPELINED = 32  # requests a connection may send ahead of their answers
 MAX_BODY_PIECES = 65_536  # 160 bytes a piece on average for a 10 MB body
 

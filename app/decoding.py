@@ -64,6 +64,11 @@ class ImageTooLarge(ImageError):
     status_code = 413
 
 
+class ImageTooComplex(ImageError):
+    """The image's structure is over a limit: too many chunks, segments, scans' markers,
+    blocks, tags or strips for a real encoder (HTTP 400)."""
+
+
 class DecoderFailure(ImageError):
     """A decoder raised something unexpected: a malformed file or a decoder bug (HTTP 400)."""
 
@@ -119,6 +124,24 @@ def inspect(data: bytes, limits: DecodeLimits) -> ImageHeader:
             from error
     _check_limits(header, limits)
     return header
+
+
+def inspect_prefix(prefix: bytes, limits: DecodeLimits) -> None:
+    """Refuse an image from its first bytes, while the rest is still arriving, when they
+    already show it over a limit (its size, or its count of chunks, scans, blocks, tags or
+    strips) or in a format not read here: the error `inspect` of the whole image raises.
+
+    Every such check only grows with more bytes (a count over its limit in a prefix is
+    over it in the whole), so nothing `inspect` would accept is refused. An error that may
+    come from the cut itself (a chunk or a table running past the prefix) says nothing,
+    and is left for `inspect` of the whole image.
+    """
+    try:
+        inspect(prefix, limits)
+    except (ImageTooLarge, ImageTooComplex, UnsupportedFormat):
+        raise
+    except ImageError:
+        pass
 
 
 def _check_limits(header: ImageHeader, limits: DecodeLimits) -> None:
@@ -193,12 +216,12 @@ def _png_header(data: bytes, max_chunks: int = MAX_PNG_CHUNKS) -> ImageHeader:
                 ">IIBB", data[position + 8: position + 18])
         chunks += 1
         if chunks > max_chunks:
-            raise ImageError(f"The PNG has over {max_chunks:,} chunks.")
+            raise ImageTooComplex(f"The PNG has over {max_chunks:,} chunks.")
         kinds.add(kind)
         if kind in _PNG_COMPRESSED_CHUNKS:
             compressed += 1
             if compressed > MAX_PNG_COMPRESSED_CHUNKS:
-                raise ImageError(f"The PNG has over {MAX_PNG_COMPRESSED_CHUNKS} compressed "
+                raise ImageTooComplex(f"The PNG has over {MAX_PNG_COMPRESSED_CHUNKS} compressed "
                                  "text or profile chunks.")
         position += length + 12
         if kind == b"IEND":
@@ -242,7 +265,7 @@ def _jpeg_header(data: bytes) -> ImageHeader:
         position += 2 + length
         segments += 1
         if segments > MAX_JPEG_SEGMENTS:
-            raise ImageError(f"The JPEG has over {MAX_JPEG_SEGMENTS:,} segments.")
+            raise ImageTooComplex(f"The JPEG has over {MAX_JPEG_SEGMENTS:,} segments.")
     marker, start = frame
     height, width, components = struct.unpack(">HHB", data[start + 1: start + 6])
     sampling = [data[start + 7 + 3 * i] for i in range(components)]
@@ -317,7 +340,7 @@ def _gif_header(data: bytes) -> ImageHeader:
             position += size + 1
             blocks += 1
             if blocks > MAX_GIF_BLOCKS:
-                raise ImageError(f"The GIF has over {MAX_GIF_BLOCKS:,} blocks before its "
+                raise ImageTooComplex(f"The GIF has over {MAX_GIF_BLOCKS:,} blocks before its "
                                  "first frame.")
         position += 1
     if data[position] != 0x2C:
@@ -361,7 +384,7 @@ def _tiff_header(data: bytes) -> ImageHeader:
     (offset,) = struct.unpack(order + "I", data[4:8])
     (entries,) = struct.unpack(order + "H", data[offset: offset + 2])
     if entries > MAX_TIFF_ENTRIES:
-        raise ImageError(f"The TIFF has {entries:,} tags; the limit is {MAX_TIFF_ENTRIES:,}.")
+        raise ImageTooComplex(f"The TIFF has {entries:,} tags; the limit is {MAX_TIFF_ENTRIES:,}.")
     tags: dict[int, tuple[int, int, int]] = {}
     for i in range(entries):
         at = offset + 2 + 12 * i
@@ -396,7 +419,7 @@ def _tiff_header(data: bytes) -> ImageHeader:
     offsets_tag, counts_tag = (324, 325) if 324 in tags else (273, 279)
     strips = tags.get(offsets_tag, (0, 0, 0))[1]
     if strips > MAX_TIFF_STRIPS:  # refused before its arrays are read
-        raise ImageError(f"The TIFF has {strips:,} strips or tiles; the limit is "
+        raise ImageTooComplex(f"The TIFF has {strips:,} strips or tiles; the limit is "
                          f"{MAX_TIFF_STRIPS:,}.")
     offsets = _tiff_array(data, order, tags.get(offsets_tag))
     counts = _tiff_array(data, order, tags.get(counts_tag))

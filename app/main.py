@@ -6,7 +6,6 @@ tests and embedders call `create_app(Settings(...))`.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import gc
 import logging
@@ -20,6 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from app import allocator
 from app.access import RequireApiKey, document_security, load_key_digests
 from app.batching import QueueFull
 from app.metrics_server import serve_metrics
@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from app.registry import load_registry
         from app.service import PredictionService
 
-        return_large_blocks_to_the_system()
+        allocator.tune()
         device = select_device(settings.device)
         logger.info("loading models from %s on %s", settings.model_dir, device)
         registry = await run_in_threadpool(load_registry, settings.model_dir, device,
@@ -110,9 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, error: UploadError) -> JSONResponse:
-        # After a 408 the rest of a slow body is not worth waiting for; a 503 (every
-        # decoder busy) is worth retrying in a moment.
-        headers = ({"Connection": "close"} if error.status_code == 408
+        # After a 408 (or a body refused from its first bytes, see read_body) the rest of
+        # the body is not worth reading; a 503 (every decoder busy) is worth retrying soon.
+        headers = ({"Connection": "close"} if error.close_connection
                    else {"Retry-After": "1"} if error.status_code == 503 else None)
         return JSONResponse(status_code=error.status_code, content={"detail": error.detail},
                             headers=headers)
@@ -145,30 +145,6 @@ def add_error_handlers(app: FastAPI) -> None:
                     f"Unknown model '{problem.get('input')}'. Available styles: "
                     f"{', '.join(s.value for s in Style)}.")})
         return await request_validation_exception_handler(request, error)
-
-
-# glibc's M_MMAP_THRESHOLD: blocks at least this large are mapped on their own and handed
-# back when freed. Left alone, glibc raises the threshold after the first large free, and
-# the multi-megabyte bodies of later requests stay in the heap: +100 MB per server process
-# after 30 s of hostile uploads, against +27 MB with the threshold fixed (measured).
-MMAP_THRESHOLD = 256 * 1024
-# glibc's M_TRIM_THRESHOLD: free memory at the top of the heap beyond this goes back to the
-# system. Fixing the mmap threshold leaves it at 128 KB, so the heap shrank and regrew (a
-# page fault per 4 KB) for every socket chunk of an upload. Kept, it costs each server
-# process up to this much memory after a burst of uploads (`make soak`'s memory ratio);
-# `python -m bench.hostile_cpu` shows what the big bodies cost the server's CPU.
-TRIM_THRESHOLD = 32 * 1024 * 1024
-
-
-def return_large_blocks_to_the_system() -> None:
-    """Fix glibc's thresholds (where glibc is the allocator): large request bodies don't
-    stay in the heap once freed, and up to TRIM_THRESHOLD of smaller blocks do."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, MMAP_THRESHOLD)  # -3: M_MMAP_THRESHOLD
-        libc.mallopt(-1, TRIM_THRESHOLD)  # -1: M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        logger.debug("not glibc: the allocator's thresholds are left as they are")
 
 
 @functools.cache

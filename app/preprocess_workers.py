@@ -36,6 +36,7 @@ from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
+from app import allocator
 from app.batching import Partial, QueueFull
 from app.decoding import (
     DecodeLimits,
@@ -90,7 +91,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 try:
     _LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
-except OSError:  # not glibc: no malloc_trim, no prctl
+except OSError:  # not glibc: no prctl
     _LIBC = None
 
 # A request of at most this many bytes of simple PNGs is decoded in its batch; larger ones
@@ -446,8 +447,7 @@ def _cap_address_space(extra_bytes: int) -> None:
 def _return_freed_memory() -> None:
     """Hand the heap's free pages back to the system: a large image leaves the worker's
     heap large, and glibc keeps it otherwise."""
-    with contextlib.suppress(OSError, AttributeError):
-        _LIBC.malloc_trim(0)
+    allocator.trim()
 
 
 def _die_with_parent() -> None:

@@ -10,13 +10,13 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from app.batching import Batcher, BatchResult
-from app.decoding import DecodeLimits
+from app.decoding import DecodeLimits, ImageError, inspect_prefix
 from app.observability import Metrics
 from app.preprocess_workers import PreprocessWorkers, WorkerLimits
 from app.registry import LoadedModel, ModelRegistry
 from app.schemas import ImageFailure, Prediction, PredictResponse
 from app.settings import Settings
-from app.uploads import Upload
+from app.uploads import Upload, UploadError
 from digit_contract import scale_pixels
 
 
@@ -43,6 +43,14 @@ class PredictionService:
                            observe=metrics.batch_observer(style.value))
             for style, model in registry.loaded.items()
         }
+
+    def inspect_body_prefix(self, prefix: bytes) -> None:
+        """Refuse a single-image body from its first bytes (see `decoding.inspect_prefix`),
+        as the whole image would be refused."""
+        try:
+            inspect_prefix(prefix, self.preprocess.decode_limits)
+        except ImageError as error:
+            raise UploadError(error.status_code, f"request body: {error}") from error
 
     def start(self) -> None:
         self.preprocess.start()

@@ -10,8 +10,8 @@ import asyncio
 import binascii
 import dataclasses
 import functools
-import itertools
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from fastapi import Request
@@ -31,6 +31,11 @@ SUPPORTED_TYPES = "multipart/form-data, image/*, application/octet-stream or app
 
 # Bodies at least this large are parsed in a thread, off the event loop.
 PARSE_IN_THREAD_BYTES = 256 * 1024
+
+# A larger body's first this many bytes are checked before the rest is read (see read_body):
+# enough for a part header (8 KB), a JSON body's count of commas for 64 images, and the
+# structure of an image's first hundred chunks or scans.
+PREFIX_BYTES = 256 * 1024
 
 # A part's headers are a name, a file name and a type: nginx allows 8 KB per header line.
 MAX_PART_HEADER_BYTES = 8 * 1024
@@ -62,6 +67,7 @@ class UploadError(Exception):
         super().__init__(detail)
         self.status_code = status_code
         self.detail = detail
+        self.close_connection = status_code == 408  # the rest isn't worth waiting for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +82,11 @@ class Base64Images(BaseModel):
 
 
 async def read_uploads(request: Request, max_bytes: int, max_images: int,
-                       timeout_s: float = 60.0) -> list[Upload]:
+                       timeout_s: float = 60.0,
+                       inspect_image: Callable[[bytes], None] | None = None) -> list[Upload]:
+    """The images of a prediction request. `inspect_image` refuses (with an UploadError) an
+    image from its first bytes; it is given a single-image body's first PREFIX_BYTES while
+    the rest is still arriving."""
     media_type, options = parse_options_header(request.headers.get("content-type", ""))
     media_type = media_type.decode("latin-1").lower()
     if not media_type:
@@ -88,7 +98,9 @@ async def read_uploads(request: Request, max_bytes: int, max_images: int,
     if media_type == "multipart/form-data" and not 0 < len(boundary or b"") <= 70:
         raise UploadError(400, "multipart/form-data needs a boundary parameter of 1 to 70 "
                                "characters.")
-    body = await read_body(request, max_bytes, timeout_s)
+    body = await read_body(request, max_bytes, timeout_s, functools.partial(
+        check_prefix, media_type=media_type, boundary=boundary, max_images=max_images,
+        inspect_image=inspect_image))
     if len(body) >= PARSE_IN_THREAD_BYTES:
         return await run_in_threadpool(parse_body, body, media_type, boundary, max_images)
     return parse_body(body, media_type, boundary, max_images)
@@ -107,12 +119,19 @@ def parse_body(body: bytes, media_type: str, boundary: bytes | None,
     return uploads
 
 
-async def read_body(request: Request, max_bytes: int, timeout_s: float = 60.0) -> bytes:
+async def read_body(request: Request, max_bytes: int, timeout_s: float = 60.0,
+                    check_prefix: Callable[[bytes], None] | None = None) -> bytes:
     """The request body, refused with 413 as soon as it passes `max_bytes`, and with 408 if
-    it takes over `timeout_s` to arrive (a client trickling bytes holds a connection)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise UploadError(413, _too_large(int(declared), max_bytes))
+    it takes over `timeout_s` to arrive (a client trickling bytes holds a connection).
+
+    A large body comes in two pieces (app.connections): its first PREFIX_BYTES, then the
+    rest. `check_prefix` judges the first (in a thread) while the rest is arriving, so that
+    a body whose start already shows it bad is refused without being read whole.
+    """
+    declared = request.headers.get("content-length", "")
+    declared_bytes = int(declared) if declared.isdigit() else None  # None: chunked
+    if declared_bytes is not None and declared_bytes > max_bytes:
+        raise UploadError(413, _too_large(declared_bytes, max_bytes))
     chunks, size = [], 0
     try:
         async with asyncio.timeout(timeout_s):
@@ -120,16 +139,41 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float = 60.0) -
                 size += len(chunk)
                 if size > max_bytes:
                     raise UploadError(413, _too_large(size, max_bytes, at_least=True))
-                if chunk:  # the stream ends with an empty one
-                    chunks.append(chunk)
+                if not chunk:  # the stream ends with an empty one
+                    continue
+                if (not chunks and check_prefix is not None and len(chunk) >= PREFIX_BYTES
+                        and (declared_bytes is None or declared_bytes > len(chunk))):
+                    try:
+                        await run_in_threadpool(check_prefix, chunk)
+                    except UploadError as error:
+                        # A malformed start (400) is no client's honest mistake: its answer
+                        # goes out and the connection closes, the rest of the body unread.
+                        # Too big, too many or the wrong format (413, 415) can be a
+                        # person's mistake: that answer is read after the upload, as usual.
+                        error.close_connection = error.status_code == 400
+                        raise
+                chunks.append(chunk)
     except ClientDisconnect as error:
         raise ClientGone(f"the client went away after {size:,} bytes") from error
     except TimeoutError as error:
         raise UploadError(408, f"The body took over {timeout_s:g} s to arrive ({size:,} bytes "
                                "by then; DIGITS_BODY_TIMEOUT_S).") from error
-    # The protocol (app.connections) hands a body over whole: joining it again would
-    # copy megabytes for nothing.
+    # The protocol (app.connections) hands a small body over whole: joining it again would
+    # copy it for nothing.
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def check_prefix(prefix: bytes, media_type: str, boundary: bytes | None, max_images: int,
+                 inspect_image: Callable[[bytes], None] | None) -> None:
+    """Raise the UploadError the whole body would get, where its first bytes already show
+    it; return when they don't (most bodies). Each check only refuses what the same check
+    refuses in the whole body."""
+    if media_type == "multipart/form-data":
+        parse_multipart(prefix, boundary, max_images, complete=False)
+    elif media_type.endswith("json"):
+        _check_json_counts(prefix, max_images)
+    elif inspect_image is not None:
+        inspect_image(prefix)
 
 
 def _too_large(size: int, limit: int, at_least: bool = False) -> str:
@@ -142,8 +186,11 @@ def _too_many(max_images: int) -> UploadError:
                             "(DIGITS_MAX_IMAGES_PER_REQUEST); split it.")
 
 
-def parse_multipart(body: bytes, boundary: bytes, max_images: int) -> list[Upload]:
-    """The parts named `file`, in order; other fields are ignored.
+def parse_multipart(body: bytes, boundary: bytes, max_images: int,
+                    complete: bool = True) -> list[Upload]:
+    """The parts named `file`, in order; other fields are ignored. With `complete` False,
+    `body` is the start of one: what follows may be still to come, and only errors its
+    bytes already show are raised.
 
     The whole body is already in memory (and bounded), so the parts are found by searching
     for the boundary: a few C-level byte operations instead of a streaming parser's
@@ -158,6 +205,8 @@ def parse_multipart(body: bytes, boundary: bytes, max_images: int) -> list[Uploa
     position = scanning.find(body, delimiter)  # before it is the preamble
     while position >= 0:
         start = position + len(delimiter)
+        if not complete and start + 2 > len(body):
+            return uploads
         if body[start: start + 2] == b"--":
             return uploads  # the closing delimiter; what follows is an epilogue
         parts += 1
@@ -167,6 +216,8 @@ def parse_multipart(body: bytes, boundary: bytes, max_images: int) -> list[Uploa
         if body[start: start + 2] != b"\r\n":
             raise _not_framed()
         header_end = body.find(b"\r\n\r\n", start + 2, start + MAX_PART_HEADER_BYTES)
+        if header_end < 0 and not complete and start + MAX_PART_HEADER_BYTES > len(body):
+            return uploads  # the header may end in the bytes still to come
         if header_end >= 0:
             position = scanning.find(body, delimiter, start)
         if header_end < 0 or 0 <= position < header_end + 4:
@@ -185,6 +236,8 @@ def parse_multipart(body: bytes, boundary: bytes, max_images: int) -> list[Uploa
         if filename:
             label += f" ('{filename[:100].decode('utf-8', 'replace')}')"
         uploads.append(Upload(label, body[header_end + 4: position - 2]))
+    if not complete:
+        return uploads
     raise UploadError(400, "Malformed multipart body: no closing boundary (truncated?).")
 
 
@@ -219,16 +272,7 @@ _CONTROL_BYTES = bytes(range(32))  # never raw inside a JSON string
 
 
 def parse_base64_json(body: bytes, max_images: int) -> list[Upload]:
-    if len(body) > MAX_NON_ASCII_JSON_BYTES and not body.isascii():
-        # Base64 is ASCII; a large body that isn't would only make json.loads build a huge
-        # string (holding the interpreter lock all the while) to be refused afterwards.
-        raise UploadError(400, f"A JSON body over {MAX_NON_ASCII_JSON_BYTES // 1024} KB must "
-                               "be ASCII: base64 images are.")
-    if scanning.count(body, b"[") + scanning.count(body, b"{") > MAX_JSON_BRACKETS:
-        raise UploadError(400, 'The JSON body nests too many arrays or objects; send '
-                               '{"images": ["<base64>", ...]}.')
-    if scanning.count(body, b",") > 2 * max_images + 16:
-        raise _too_many(max_images)
+    _check_json_counts(body, max_images)
     skeleton, long_strings = body, []
     if len(body) >= LARGE_JSON_BYTES:
         skeleton, long_strings = _cut_long_strings(body, max_images)
@@ -257,6 +301,21 @@ def parse_base64_json(body: bytes, max_images: int) -> list[Upload]:
         else:
             uploads.append(Upload(label, _decode_base64(text, label)))
     return uploads
+
+
+def _check_json_counts(body: bytes, max_images: int) -> None:
+    """What a JSON body (or its start) shows before it is parsed: non-ASCII bytes where
+    there should be base64, or more brackets or commas than a valid body holds."""
+    if len(body) > MAX_NON_ASCII_JSON_BYTES and not body.isascii():
+        # Base64 is ASCII; a large body that isn't would only make json.loads build a huge
+        # string (holding the interpreter lock all the while) to be refused afterwards.
+        raise UploadError(400, f"A JSON body over {MAX_NON_ASCII_JSON_BYTES // 1024} KB must "
+                               "be ASCII: base64 images are.")
+    if scanning.count(body, b"[") + scanning.count(body, b"{") > MAX_JSON_BRACKETS:
+        raise UploadError(400, 'The JSON body nests too many arrays or objects; send '
+                               '{"images": ["<base64>", ...]}.')
+    if scanning.count(body, b",") > 2 * max_images + 16:
+        raise _too_many(max_images)
 
 
 def _cut_long_strings(body: bytes, max_images: int) -> tuple[bytes, list[tuple[int, int]]]:

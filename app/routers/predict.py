@@ -59,7 +59,8 @@ async def _predict(request: Request, style: Style, debug: bool) -> Response:
     request.state.model = style.value
     model = service.registry.get(style)  # fails before the body is read
     uploads = await read_uploads(request, settings.max_upload_bytes,
-                                 settings.max_images_per_request, settings.body_timeout_s)
+                                 settings.max_images_per_request, settings.body_timeout_s,
+                                 inspect_image=service.inspect_body_prefix)
     request.state.images = len(uploads)
     answer = await service.predict(model, uploads, debug)
     # Serialised by pydantic-core straight to JSON bytes: this is the hot path.
