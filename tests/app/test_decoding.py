@@ -323,3 +323,36 @@ def test_a_large_bilevel_image_with_a_transparent_value_shrinks_as_it_would_whol
     expected = dec.to_grayscale(dec.flatten_transparency(expected))
     assert decoded.shape == (1024, 748)
     assert np.abs(decoded.astype(int) - expected.astype(int)).max() <= 1
+
+
+# --- refusing from the first bytes --------------------------------------------------------
+
+def every_format_photo() -> list[bytes]:
+    """Larger, legitimate images of each format (several hundred KB): none is refused."""
+    rng = np.random.default_rng(7)
+    noise = Image.fromarray(rng.integers(0, 256, (700, 900, 3), dtype=np.uint8))
+    return [encode(noise, "PNG"), encode(noise, "JPEG", quality=95, progressive=True),
+            encode(noise, "JPEG", quality=95), encode(noise, "BMP"), encode(noise, "TIFF"),
+            encode(noise.convert("P"), "GIF"), encode(noise, "WEBP", lossless=True)]
+
+
+@pytest.mark.parametrize("data", every_format_photo(), ids=lambda d: d[:4].hex())
+def test_no_start_of_an_acceptable_image_is_refused(data):
+    dec.inspect(data, LIMITS)
+    for cut in (16, 100, 1000, 65_536, 262_144, len(data) - 1):
+        dec.inspect_prefix(data[:cut], LIMITS)  # raises nothing
+
+
+def test_a_start_already_over_a_count_is_refused_as_the_whole_would_be():
+    bombs = png_header_only(28, 28)[:33] + chunk(b"zTXt", b"k\0\0" + b"x" * 5000) * 40
+    with pytest.raises(dec.ImageTooComplex):
+        dec.inspect(bombs + chunk(b"IEND", b""), LIMITS)
+    with pytest.raises(dec.ImageTooComplex):
+        dec.inspect_prefix(bombs[:100_000], LIMITS)
+
+
+def test_a_start_that_shows_too_many_scans_or_another_format_is_refused():
+    with pytest.raises(dec.ImageTooLarge, match="scans"):
+        dec.inspect_prefix(progressive_jpeg_with_scans(3000)[:262_144], LIMITS)
+    with pytest.raises(dec.UnsupportedFormat):
+        dec.inspect_prefix(b"\0" * 300_000, LIMITS)

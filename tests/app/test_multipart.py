@@ -112,3 +112,20 @@ def test_a_part_header_that_never_ends_is_refused_without_reading_on():
 def test_an_epilogue_after_the_closing_delimiter_is_ignored():
     body = b'--a\r\nContent-Disposition: form-data; name="file"\r\n\r\nxy\r\n--a--\r\n--a\r\n'
     assert [upload.data for upload in parse_multipart(body, b"a", 4)] == [b"xy"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(parts=st.lists(PART, min_size=1, max_size=4), boundary=TOKEN, cut=st.integers(0, 2000))
+def test_no_start_of_an_acceptable_body_is_refused(parts, boundary, cut):
+    body = encode(parts, boundary.encode())
+    if any(b"--" + boundary.encode() in b"\r\n" + content for _, _, content in parts):
+        return
+    parse_multipart(body, boundary.encode(), 64)
+    parse_multipart(body[:cut], boundary.encode(), 64, complete=False)  # raises nothing
+
+
+def test_a_start_whose_part_header_never_ends_is_refused():
+    start = b'--a\r\nContent-Disposition: form-data; name="file"; filename="' + b"n" * 300_000
+    with pytest.raises(UploadError, match="no header end"):
+        parse_multipart(start, b"a", 64, complete=False)
+    parse_multipart(start[:5000], b"a", 64, complete=False)  # may still end: no verdict

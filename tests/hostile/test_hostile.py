@@ -4,6 +4,7 @@ answered 200 within 1 s."""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -14,7 +15,8 @@ import httpx
 import pytest
 
 from tests.hostile.inputs import cases, digit_png, multipart
-from tests.hostile.probe import attack, neighbour, slowdown
+from tests.hostile.probe import attack, neighbour, send_raw, slowdown
+from tests.images import draw_one, encode
 from tests.servers import decoder_processes, resident_mib, start_server
 
 SECONDS = 2.0
@@ -45,13 +47,53 @@ def test_a_hostile_request_is_refused_cheaply_and_alone(server, hostile):
     assert status == 200 and seconds < NEIGHBOUR_SECONDS * stretch, (result, stretch)
 
 
+def bytes_read(pid: int) -> int:
+    """What a process has read through read()/recv() so far (its sockets included)."""
+    with open(f"/proc/{pid}/io") as io:
+        return next(int(line.split()[1]) for line in io if line.startswith("rchar:"))
+
+
+@pytest.mark.parametrize("name", ["multipart-9mb-filename", "png-1000-ztxt-bombs",
+                                  "json-base64-of-whitespace"])
+def test_a_body_whose_start_is_malformed_is_refused_unread(server, name):
+    process, base = server
+    hostile = next(case for case in cases() if case.name == name)
+    before = bytes_read(process.pid)
+    assert send_raw(base, hostile.request("127.0.0.1")) in (400, None)  # None: closed on it
+    # Its first 256 KB, and what the socket had buffered by then: not megabytes.
+    assert bytes_read(process.pid) - before < len(hostile.body) / 4
+
+
+@pytest.mark.parametrize("form", ["raw", "multipart", "json"])
+def test_large_honest_uploads_are_read_whole(server, form):
+    _, base = server
+    data = encode(draw_one(size=(1000, 1200), box=(450, 200, 550, 1000)), "BMP")  # 1.2 MB
+    assert len(data) > 1_000_000
+    if form == "raw":
+        response = httpx.post(f"{base}/predict", content=data, timeout=30,
+                              headers={"content-type": "image/bmp"})
+    elif form == "multipart":
+        response = httpx.post(f"{base}/predict", files=[("file", ("one.bmp", data))] * 2,
+                              timeout=30)
+    else:
+        response = httpx.post(f"{base}/predict", timeout=30,
+                              json={"images": [base64.b64encode(data).decode()]})
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == (2 if form == "multipart" else 1)
+    assert all("error" not in p and 0 <= p["digit"] <= 9 for p in predictions), predictions
+
+
 def test_filenames_of_megabytes_leave_no_memory_behind(server):
     process, base = server
     before = resident_mib(process.pid)
     for i in range(12):
         body = multipart([((str(i) * 9_000_000)[:9_000_000] + ".png", digit_png())])
-        response = httpx.post(f"{base}/predict", content=body, timeout=10, headers={
-            "content-type": "multipart/form-data; boundary=hostileboundary"})
+        try:
+            response = httpx.post(f"{base}/predict", content=body, timeout=10, headers={
+                "content-type": "multipart/form-data; boundary=hostileboundary"})
+        except httpx.TransportError:
+            continue  # refused from its start and closed before the client sent it all
         assert response.status_code == 400 and len(response.content) < 1000
     assert resident_mib(process.pid) - before < 50
 
