@@ -8,9 +8,9 @@ compose up` exposes this service directly, so it sets them itself:
   or a silent close for a connection that never sent a byte) and within `max_header_bytes`
   (else 431). The size is checked before the parser sees the bytes, because httptools
   buffers each header whole before handing it over: a 100 MB header would be 100 MB here.
-- **bodies**: a body is handed to the app in two pieces, its first 256 KB and the rest, and
-  reading waits in between, so that the app can refuse it from its start without reading
-  the rest. The app times the body it reads
+- **bodies**: reading a large body waits at its first 256 KB until the app has judged them
+  (`BodyStart`), so that the app can refuse it from its start without reading the rest.
+  The app times the body it reads
   (`app.uploads.read_body` answers 408). A body
   still arriving after its answer (an early 413, a route that ignores bodies) may drain for
   `body_timeout_s`, then the connection closes: otherwise each byte would restart uvicorn's
@@ -30,6 +30,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+from collections.abc import Callable
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -76,7 +77,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self.bodies: list[tuple[object, Chunks]] = []
         self.trailer_bytes = 0  # of the current request's chunked-body trailers
         self.body_pieces = 0  # parser callbacks for the current request's body
-        self.prefix_handed_over = False  # the current request's first PREFIX_BYTES
+        self.body_start: BodyStart | None = None  # for the current request, if its body is large
         self.reading_headers = True  # until the current request's headers are complete
         self.header_bytes = 0  # of the current request's line and headers, so far
         self.deadline: asyncio.TimerHandle | None = None  # for its headers, or a body drain
@@ -91,6 +92,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disarm()
+        self.end_body_start()
         self.release_bodies(everything=True)
         if self.send_deadline is not None:
             self.send_deadline.cancel()
@@ -143,17 +145,34 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.reading_headers = False
         self.disarm()
+        if self.body_start is not None:  # announced a large body (see on_header)
+            self.scope.setdefault("extensions", {})[BodyStart.EXTENSION] = self.body_start
         super().on_headers_complete()
+        if self.body_start is not None and self.cycle is not None:
+            self.body_start.ask = functools.partial(self.ask_for_body, self.cycle)
+
+    def ask_for_body(self, cycle) -> None:
+        """Send "100 Continue" to a client that waits for it before its body (curl does,
+        for uploads over 1 MB), as uvicorn would when the app first reads."""
+        if cycle.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            cycle.waiting_for_100_continue = False
+
+    def end_body_start(self) -> None:
+        """The current request's body is complete (or will never be): an app still
+        waiting for its start gets None and reads the body whole."""
+        if self.body_start is not None:
+            self.body_start.give(None)
+            self.body_start = None
 
     def on_body(self, body: bytes) -> None:
         # uvicorn copies each chunk the socket gives (64 KB or less) into a bytearray, wakes
         # the app for it, pauses reading past 64 KB, and copies the buffer again for the
         # app: a 10 MB upload cost ~150 rounds of the app's read loop and three copies, on
         # the loop that answers every other request. Here the chunks are kept as they come
-        # and handed over joined: the first PREFIX_BYTES, then the rest at the body's end,
-        # or when it passes the largest body the app accepts (which then refuses it).
-        # Reading pauses at that point, so a connection whose app does not read holds no
-        # more than the app itself would.
+        # and handed over joined, once: at the body's end, or when it passes the largest
+        # body the app accepts (which then refuses it). Reading pauses at that point, so a
+        # connection whose app does not read holds no more than the app itself would.
         cycle = self.cycle
         if self.transport.is_closing():  # refused: the rest of this read is not wanted
             return
@@ -176,19 +195,19 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if len(cycle.body) > self.limits.max_body_bytes:
             self.flow.pause_reading()
             cycle.message_event.set()
-        elif not self.prefix_handed_over and len(cycle.body) >= PREFIX_BYTES:
+        elif (self.body_start is not None and self.body_start.prefix is None
+                and len(cycle.body) >= PREFIX_BYTES):
             # The app judges a large body's start before the rest is read (`read_body`): a
             # body whose first bytes show it bad is refused without being read whole.
-            # Reading resumes when the app asks for the rest.
-            self.prefix_handed_over = True
-            cycle.body.keep_counted = True  # the app holds it until the rest has come
+            # Reading resumes when the app asks for the body.
             self.flow.pause_reading()
-            cycle.message_event.set()
+            self.body_start.give(cycle.body.peek())
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self.reading_headers, self.header_bytes, self.trailer_bytes = True, 0, 0
-        self.body_pieces, self.prefix_handed_over = 0, False
+        self.body_pieces = 0
+        self.end_body_start()
         self.disarm()
 
     def on_response_complete(self) -> None:
@@ -211,6 +230,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self.bodies = keep
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.reading_headers and self.body_start is None and _announces_large_body(name, value):
+            self.body_start = BodyStart()
         if not self.reading_headers:
             # Trailers of a chunked body: uvicorn adds them to the request's headers, so
             # they are capped as headers are (unbounded, 20 MB of them grew the server by
@@ -266,10 +287,6 @@ class Chunks:
         self.size = 0  # held here, not yet handed over
         self.received = 0  # in all
         self.budget = budget
-        # A body's start, handed over before its end, stays counted (`lent`) until the
-        # request is answered: the app holds it meanwhile.
-        self.keep_counted = False
-        self.lent = 0
 
     def __iadd__(self, chunk: bytes) -> Chunks:
         if len(chunk) >= SMALL_CHUNK_BYTES:
@@ -288,20 +305,50 @@ class Chunks:
 
     def __bytes__(self) -> bytes:
         data = b"".join(self.parts)
-        if self.keep_counted:
-            self.lent += self.size
-            self.parts, self.size = [], 0
-        else:
-            self.release()  # the app has it now
+        self.release()  # the app has it now
         return data
 
+    def peek(self) -> bytes:
+        """What has come so far, joined, and kept."""
+        return b"".join(self.parts)
+
     def release(self) -> None:
-        self.budget.held -= self.size + self.lent
-        self.parts, self.size, self.lent = [], 0, 0
+        self.budget.held -= self.size
+        self.parts, self.size = [], 0
+
+
+class BodyStart:
+    """The ASGI extension `digits.body_start`, in the scope of a request that announces a
+    body over PREFIX_BYTES: `await body_start()` gives its first PREFIX_BYTES (or more)
+    while reading waits, or None if the body ends before (the app then reads it whole)."""
+
+    EXTENSION = "digits.body_start"
+
+    def __init__(self) -> None:
+        self.prefix: bytes | None = None
+        self.given = asyncio.Event()
+        self.ask: Callable[[], None] = lambda: None  # tells a client waiting to send
+
+    def give(self, prefix: bytes | None) -> None:
+        if not self.given.is_set():
+            self.prefix = prefix
+            self.given.set()
+
+    async def __call__(self) -> bytes | None:
+        self.ask()
+        await self.given.wait()
+        return self.prefix
+
+
+def _announces_large_body(name: bytes, value: bytes) -> bool:
+    name = name.lower()
+    if name == b"content-length":
+        return value.isdigit() and int(value) > PREFIX_BYTES
+    return name == b"transfer-encoding" and b"chunked" in value.lower()
 
 
 SMALL_CHUNK_BYTES = 16 * 1024
-PREFIX_BYTES = 256 * 1024  # as app.uploads.PREFIX_BYTES, which says why
+PREFIX_BYTES = 256 * 1024  # a large body's start, see BodyStart and app.uploads.read_body
 MAX_PIPELINED = 32  # requests a connection may send ahead of their answers
 MAX_BODY_PIECES = 65_536  # 160 bytes a piece on average for a 10 MB body
 

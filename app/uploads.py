@@ -32,10 +32,10 @@ SUPPORTED_TYPES = "multipart/form-data, image/*, application/octet-stream or app
 # Bodies at least this large are parsed in a thread, off the event loop.
 PARSE_IN_THREAD_BYTES = 256 * 1024
 
-# A larger body's first this many bytes are checked before the rest is read (see read_body):
-# enough for a part header (8 KB), a JSON body's count of commas for 64 images, and the
-# structure of an image's first hundred chunks or scans.
-PREFIX_BYTES = 256 * 1024
+# A large body's first 256 KB are checked before the rest is read (see read_body): enough
+# for a part header (8 KB), a JSON body's count of commas for 64 images, and the structure
+# of an image's first hundred chunks or scans. The server's extension that gives them:
+BODY_START = "digits.body_start"
 
 # A part's headers are a name, a file name and a type: nginx allows 8 KB per header line.
 MAX_PART_HEADER_BYTES = 8 * 1024
@@ -85,8 +85,8 @@ async def read_uploads(request: Request, max_bytes: int, max_images: int,
                        timeout_s: float = 60.0,
                        inspect_image: Callable[[bytes], None] | None = None) -> list[Upload]:
     """The images of a prediction request. `inspect_image` refuses (with an UploadError) an
-    image from its first bytes; it is given a single-image body's first PREFIX_BYTES while
-    the rest is still arriving."""
+    image from its first bytes; it is given a large single-image body's first 256 KB before
+    the rest is read (see read_body)."""
     media_type, options = parse_options_header(request.headers.get("content-type", ""))
     media_type = media_type.decode("latin-1").lower()
     if not media_type:
@@ -124,43 +124,47 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float = 60.0,
     """The request body, refused with 413 as soon as it passes `max_bytes`, and with 408 if
     it takes over `timeout_s` to arrive (a client trickling bytes holds a connection).
 
-    A large body comes in two pieces (app.connections): its first PREFIX_BYTES, then the
-    rest. `check_prefix` judges the first (in a thread) while the rest is arriving, so that
-    a body whose start already shows it bad is refused without being read whole.
+    Under `python -m app` a large body's first 256 KB can be had before the rest is
+    read (`app.connections.BodyStart`): `check_prefix` judges them (in a thread), so that a
+    body whose start already shows it bad is refused without being read whole.
     """
     declared = request.headers.get("content-length", "")
-    declared_bytes = int(declared) if declared.isdigit() else None  # None: chunked
-    if declared_bytes is not None and declared_bytes > max_bytes:
-        raise UploadError(413, _too_large(declared_bytes, max_bytes))
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise UploadError(413, _too_large(int(declared), max_bytes))
     chunks, size = [], 0
+    body_start = request.scope.get("extensions", {}).get(BODY_START)
     try:
         async with asyncio.timeout(timeout_s):
+            if body_start is not None and check_prefix is not None:
+                prefix = await body_start()
+                if prefix is not None:
+                    await _check_prefix(check_prefix, prefix)
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > max_bytes:
                     raise UploadError(413, _too_large(size, max_bytes, at_least=True))
-                if not chunk:  # the stream ends with an empty one
-                    continue
-                if (not chunks and check_prefix is not None and len(chunk) >= PREFIX_BYTES
-                        and (declared_bytes is None or declared_bytes > len(chunk))):
-                    try:
-                        await run_in_threadpool(check_prefix, chunk)
-                    except UploadError as error:
-                        # A malformed start (400) is no client's honest mistake: its answer
-                        # goes out and the connection closes, the rest of the body unread.
-                        # Too big, too many or the wrong format (413, 415) can be a
-                        # person's mistake: that answer is read after the upload, as usual.
-                        error.close_connection = error.status_code == 400
-                        raise
-                chunks.append(chunk)
+                if chunk:  # the stream ends with an empty one
+                    chunks.append(chunk)
     except ClientDisconnect as error:
         raise ClientGone(f"the client went away after {size:,} bytes") from error
     except TimeoutError as error:
         raise UploadError(408, f"The body took over {timeout_s:g} s to arrive ({size:,} bytes "
                                "by then; DIGITS_BODY_TIMEOUT_S).") from error
-    # The protocol (app.connections) hands a small body over whole: joining it again would
-    # copy it for nothing.
+    # The protocol (app.connections) hands a body over whole: joining it again would copy
+    # it for nothing.
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _check_prefix(check: Callable[[bytes], None], prefix: bytes) -> None:
+    try:
+        await run_in_threadpool(check, prefix)
+    except UploadError as error:
+        # A malformed start (400) is no client's honest mistake: its answer goes out and
+        # the connection closes, the rest of the body unread. Too big, too many or the
+        # wrong format (413, 415) can be a person's mistake: that answer is read after the
+        # upload, as usual.
+        error.close_connection = error.status_code == 400
+        raise
 
 
 def check_prefix(prefix: bytes, media_type: str, boundary: bytes | None, max_images: int,

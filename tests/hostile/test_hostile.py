@@ -84,6 +84,23 @@ def test_large_honest_uploads_are_read_whole(server, form):
     assert all("error" not in p and 0 <= p["digit"] <= 9 for p in predictions), predictions
 
 
+def test_a_large_upload_that_waits_for_100_continue_gets_it(server):
+    # curl sends "Expect: 100-continue" with uploads over 1 MB and waits (a second) for the
+    # go-ahead; the server asks for the body as soon as the app wants to see its start.
+    _, base = server
+    data = encode(draw_one(size=(1000, 1200), box=(450, 200, 550, 1000)), "BMP")
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/bmp\r\n"
+                     b"Expect: 100-continue\r\n"
+                     + f"Content-Length: {len(data)}\r\n\r\n".encode())
+        sock.settimeout(0.5)  # well under curl's own wait
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.settimeout(10)
+        sock.sendall(data)
+        assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
+
+
 def test_filenames_of_megabytes_leave_no_memory_behind(server):
     process, base = server
     before = resident_mib(process.pid)
