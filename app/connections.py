@@ -56,7 +56,17 @@ class BodyBudget:
     def __init__(self, limit: int):
         self.limit = limit
         self.held = 0
-        self.trimmer = allocator.Trimmer()  # hands back what large bodies leave in the heap
+        self.released = 0  # bytes given back since the last trim was asked for
+        self.trimmer = allocator.Trimmer()  # hands back what bodies leave in the heap
+
+    def give_back(self, size: int) -> None:
+        """`size` bytes of bodies are no longer held here. Freed bodies leave pages all over
+        the heap: after every TRIM_AFTER_BYTES of them, the heap is trimmed a second later."""
+        self.held -= size
+        self.released += size
+        if self.released >= allocator.TRIM_AFTER_BYTES:
+            self.released = 0
+            self.trimmer.trim_soon()
 
 
 def protocol_for(limits: ConnectionLimits):
@@ -195,7 +205,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         if len(cycle.body) > self.limits.max_body_bytes:
             self.flow.pause_reading()
             cycle.message_event.set()
-        elif (self.body_start is not None and self.body_start.prefix is None
+        elif (self.body_start is not None and not self.body_start.given.is_set()
                 and len(cycle.body) >= PREFIX_BYTES):
             # The app judges a large body's start before the rest is read (`read_body`): a
             # body whose first bytes show it bad is refused without being read whole.
@@ -215,7 +225,13 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self.release_bodies()  # answered without reading all of it (an early 413, a 404)
         super().on_response_complete()
         if answered.more_body and not self.transport.is_closing():
-            self.arm(self.limits.body_timeout_s, self.transport.close)
+            if answered is self.cycle and self.expect_100_continue and self.body_pieces == 0:
+                # Answered before the client sent any of the body it was waiting to be asked
+                # for: what it sends next may be that body (curl sends it after a second
+                # anyway) or its next request. Closing is the only safe reading.
+                self.transport.close()
+            else:
+                self.arm(self.limits.body_timeout_s, self.transport.close)
 
     def release_bodies(self, everything: bool = False) -> None:
         """Give back to the budget the bodies of answered requests (or of all of them)."""
@@ -223,8 +239,6 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         for cycle, body in self.bodies:
             if everything or cycle.response_complete:
                 body.release()
-                if body.received >= allocator.LARGE_BODY_BYTES:
-                    self.budget.trimmer.trim_soon()
             else:
                 keep.append((cycle, body))
         self.bodies = keep
@@ -285,7 +299,6 @@ class Chunks:
     def __init__(self, budget: BodyBudget) -> None:
         self.parts: list[bytes | bytearray] = []
         self.size = 0  # held here, not yet handed over
-        self.received = 0  # in all
         self.budget = budget
 
     def __iadd__(self, chunk: bytes) -> Chunks:
@@ -296,7 +309,6 @@ class Chunks:
         else:
             self.parts.append(bytearray(chunk))
         self.size += len(chunk)
-        self.received += len(chunk)
         self.budget.held += len(chunk)
         return self
 
@@ -313,7 +325,7 @@ class Chunks:
         return b"".join(self.parts)
 
     def release(self) -> None:
-        self.budget.held -= self.size
+        self.budget.give_back(self.size)
         self.parts, self.size = [], 0
 
 
@@ -337,7 +349,8 @@ class BodyStart:
     async def __call__(self) -> bytes | None:
         self.ask()
         await self.given.wait()
-        return self.prefix
+        prefix, self.prefix = self.prefix, None  # the app's now: not kept here as well
+        return prefix
 
 
 def _announces_large_body(name: bytes, value: bytes) -> bool:

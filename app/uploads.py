@@ -139,6 +139,7 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float = 60.0,
                 prefix = await body_start()
                 if prefix is not None:
                     await _check_prefix(check_prefix, prefix)
+                    del prefix  # not held while the rest arrives
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > max_bytes:

@@ -101,6 +101,47 @@ def test_a_large_upload_that_waits_for_100_continue_gets_it(server):
         assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
 
 
+def test_an_answer_before_100_continue_closes_the_connection(server):
+    # Refused from its headers (over the 10 MB limit) before the client was asked for its
+    # body: whatever it sends next could be that body or a new request, so no guessing.
+    _, base = server
+    host, port = base.removeprefix("http://").split(":")
+    for content_type, length in (("image/png", 11_000_000), ("text/plain", 1_000_000)):
+        with socket.create_connection((host, int(port)), timeout=3) as sock:
+            sock.sendall(f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}"
+                         f"\r\nExpect: 100-continue\r\nContent-Length: {length}\r\n\r\n"
+                         .encode())
+            answer = b""
+            while chunk := sock.recv(65536):  # times out (fails) if the server keeps it open
+                answer += chunk
+        assert answer.startswith((b"HTTP/1.1 413 ", b"HTTP/1.1 415 ")), answer[:100]
+        assert b"100 Continue" not in answer
+
+
+def test_uploads_left_unfinished_give_their_memory_back(server):
+    # 100 connections each send 900 KB of an honest-looking 5 MB upload and stop (reading
+    # pauses at 256 KB until the start has been checked, then takes the rest); once they
+    # close, what their bodies left in the heap goes back to the system.
+    process, base = server
+    host, port = base.removeprefix("http://").split(":")
+    start = encode(draw_one(size=(1000, 1200)), "BMP")[:900_000]
+    before = resident_mib(process.pid)
+    held = []
+    for _ in range(100):
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/bmp\r\n"
+                     b"Content-Length: 5000000\r\n\r\n" + start)
+        held.append(sock)
+    time.sleep(1.0)
+    during = resident_mib(process.pid)
+    for sock in held:
+        sock.close()
+    time.sleep(2.5)  # the trim comes a second after the bodies are let go
+    after = resident_mib(process.pid)
+    assert during - before > 40, (before, during)  # they were held
+    assert after - before < 25, (before, during, after)
+
+
 def test_filenames_of_megabytes_leave_no_memory_behind(server):
     process, base = server
     before = resident_mib(process.pid)
