@@ -12,11 +12,11 @@ from starlette.concurrency import run_in_threadpool
 from app.batching import Batcher, BatchResult
 from app.decoding import DecodeLimits, ImageError, inspect_prefix
 from app.observability import Metrics
-from app.preprocess_workers import PreprocessWorkers, WorkerLimits
+from app.preprocess_workers import PreprocessWorkers, WorkerLimits, as_upload_error
 from app.registry import LoadedModel, ModelRegistry
 from app.schemas import ImageFailure, Prediction, PredictResponse
 from app.settings import Settings
-from app.uploads import Upload, UploadError
+from app.uploads import Upload
 from digit_contract import scale_pixels
 
 
@@ -50,7 +50,7 @@ class PredictionService:
         try:
             inspect_prefix(prefix, self.preprocess.decode_limits)
         except ImageError as error:
-            raise UploadError(error.status_code, f"request body: {error}") from error
+            raise as_upload_error(Upload("request body", prefix), error) from error
 
     def start(self) -> None:
         self.preprocess.start()

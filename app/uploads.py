@@ -138,7 +138,7 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float = 60.0,
             if body_start is not None and check_prefix is not None:
                 prefix = await body_start()
                 if prefix is not None:
-                    await _check_prefix(check_prefix, prefix)
+                    await _refuse_by_start(check_prefix, prefix)
                     del prefix  # not held while the rest arrives
             async for chunk in request.stream():
                 size += len(chunk)
@@ -156,7 +156,7 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float = 60.0,
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _check_prefix(check: Callable[[bytes], None], prefix: bytes) -> None:
+async def _refuse_by_start(check: Callable[[bytes], None], prefix: bytes) -> None:
     try:
         await run_in_threadpool(check, prefix)
     except UploadError as error:
@@ -221,13 +221,13 @@ def parse_multipart(body: bytes, boundary: bytes, max_images: int,
         if body[start: start + 2] != b"\r\n":
             raise _not_framed()
         header_end = body.find(b"\r\n\r\n", start + 2, start + MAX_PART_HEADER_BYTES)
-        if header_end < 0 and not complete and start + MAX_PART_HEADER_BYTES > len(body):
-            return uploads  # the header may end in the bytes still to come
-        if header_end >= 0:
-            position = scanning.find(body, delimiter, start)
-        if header_end < 0 or 0 <= position < header_end + 4:
-            raise UploadError(400, "Malformed multipart body: a part has no header end within "
-                                   f"{MAX_PART_HEADER_BYTES:,} bytes.")
+        if header_end < 0:
+            if not complete and start + MAX_PART_HEADER_BYTES > len(body):
+                return uploads  # the header may end in the bytes still to come
+            raise _no_header_end()
+        position = scanning.find(body, delimiter, start)
+        if 0 <= position < header_end + 4:
+            raise _no_header_end()
         if position < 0:
             break
         if body[position - 2: position] != b"\r\n":
@@ -244,6 +244,11 @@ def parse_multipart(body: bytes, boundary: bytes, max_images: int,
     if not complete:
         return uploads
     raise UploadError(400, "Malformed multipart body: no closing boundary (truncated?).")
+
+
+def _no_header_end() -> UploadError:
+    return UploadError(400, "Malformed multipart body: a part has no header end within "
+                            f"{MAX_PART_HEADER_BYTES:,} bytes.")
 
 
 def _not_framed() -> UploadError:

@@ -150,20 +150,6 @@ def parse_wrk(report: str) -> dict:
             "requests": requests, "errors": errors}
 
 
-def rss_tree(pid: int, depth: int = 0) -> list[tuple[int, int, str, float]]:
-    """(depth, pid, command, MiB resident) of a process and each of its descendants."""
-    children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
-                              text=True).stdout.split()
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except FileNotFoundError:
-        return []
-    own = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
-    return [(depth, pid, command.strip()[:60], own), *(
-        row for child in children for row in rss_tree(int(child), depth + 1))]
-
-
 def rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants (server workers, decoders)."""
     children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
