@@ -167,30 +167,33 @@ def to_light_on_dark(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     whichever extreme lies further from the background, so dark ink on grey paper and
     white chalk on a blackboard both come out as MNIST does.
     """
-    levels = _LevelCounts.of(grays)
-    edges = [_histograms(edge.reshape(len(edge), -1)) for edge in frame_edges(grays)]
-    frame = _LevelCounts(sum(edges))
+    n = len(grays)
+    image_counts = _histograms(grays.reshape(n, -1))
+    edge_counts = _edge_histograms(grays)  # [n, 4, 256]
+    frame_counts = edge_counts.sum(axis=1)
     # Near-extremes rather than min/max, so a few stray pixels can't decide; near enough
     # to the ends that a thin pen stroke on a big page (well under 1% of it) still counts.
-    low, median, high = levels.quantiles(0.0002, 0.5, 0.9998).T
-    spread = levels.median_deviation(median)
-    frame_level = frame.quantiles(0.5)[:, 0]
-    frame_spread = frame.median_deviation(frame_level)
+    # (The image's and the frame's quantiles are found together; the frame's median is used.)
+    quantiles = _quantiles(np.concatenate([image_counts, frame_counts]), 0.0002, 0.5, 0.9998)
+    low, median, high = quantiles[:n].T
+    frame_level = quantiles[n:, 1]
+    # A digit filling the image: the median is ink or its grey edges, and the paper is the
+    # frame's larger side, split at the middle level: even, well away from the median, and
+    # along all four edges (a page shaded from one edge to the other has each half of its
+    # range along one side instead).
+    paper_side = _paper_side(frame_counts, (low + high) / 2)
+    paper_counts = np.where(paper_side, frame_counts, 0)
+    paper_level = _quantiles(paper_counts, 0.5)[:, 0]
+    spread, frame_spread, paper_spread = _median_deviations(
+        np.concatenate([image_counts, frame_counts, paper_counts]),
+        np.concatenate([median, frame_level, paper_level])).reshape(3, n)
     # A page: the paper is the calmer of the image and its frame (the frame unless the page
     # is shaded from edge to edge), and noise the smaller spread (a large digit's grey
     # edges inflate the image's, shading the frame's).
     background = np.where(frame_spread < spread, frame_level, median)
     deviation = np.minimum(spread, frame_spread)
-    # A digit filling the image: the median is ink or its grey edges, and the paper is the
-    # frame's larger side, split at the middle level: even, well away from the median, and
-    # along all four edges (a page shaded from one edge to the other has each half of its
-    # range along one side instead).
-    paper_side = _paper_side(frame, (low + high) / 2)
-    paper = _LevelCounts(np.where(paper_side, frame.counts, 0))
-    paper_level = paper.quantiles(0.5)[:, 0]
-    paper_spread = paper.median_deviation(paper_level)
-    on_every_edge = np.min([(edge * paper_side).sum(axis=1) / edge.sum(axis=1)
-                            for edge in edges], axis=0) > 0.25
+    on_paper_side = (edge_counts * paper_side[:, np.newaxis, :]).sum(axis=2)
+    on_every_edge = (on_paper_side / edge_counts.sum(axis=2)).min(axis=1) > 0.25
     filled = ((np.abs(paper_level - median) > 0.25 * (high - low))
               & (paper_spread < 0.05 * (high - low)) & on_every_edge)
     background = np.where(filled, paper_level, background)
@@ -230,36 +233,39 @@ def _per_image(values: np.ndarray) -> np.ndarray:
 _LEVELS = np.arange(256)
 
 
-def _paper_side(frame: _LevelCounts, middle: np.ndarray) -> np.ndarray:
+def _paper_side(frame_counts: np.ndarray, middle: np.ndarray) -> np.ndarray:
     """bool [n, 256]: the levels on the frame's larger side of `middle`, per image: the
     paper's, when a digit fills the image and reaches its frame."""
     dark = _LEVELS[np.newaxis, :] < middle[:, np.newaxis]
-    dark_count = (frame.counts * dark).sum(axis=1)
-    paper_is_dark = dark_count > frame.counts.sum(axis=1) - dark_count
+    dark_count = (frame_counts * dark).sum(axis=1)
+    paper_is_dark = dark_count > frame_counts.sum(axis=1) - dark_count
     return dark == paper_is_dark[:, np.newaxis]
 
 
-class _LevelCounts:
-    """Order statistics of uint8 images from their histograms: exact, and fast at any size."""
+def _edge_histograms(grays: np.ndarray) -> np.ndarray:
+    """int [n, 4, 256]: the level histogram of each of the four frame edges of each image."""
+    n = len(grays)
+    edges = [edge.reshape(n, -1) for edge in frame_edges(grays)]
+    which_edge = np.repeat(np.arange(4), [edge.shape[1] for edge in edges])
+    rows = which_edge[np.newaxis, :] + 4 * np.arange(n)[:, np.newaxis]
+    offsets = np.concatenate(edges, axis=1) + 256 * rows
+    return np.bincount(offsets.ravel(), minlength=1024 * n).reshape(n, 4, 256)
 
-    def __init__(self, counts: np.ndarray):
-        self.counts = counts  # [n, 256]
-        self.cumulative = np.cumsum(self.counts, axis=1)
 
-    @classmethod
-    def of(cls, grays: np.ndarray) -> _LevelCounts:
-        return cls(_histograms(grays.reshape(len(grays), -1)))
+# Order statistics of uint8 images from their histograms [n, 256]: exact, fast at any size.
 
-    def quantiles(self, *qs: float) -> np.ndarray:
-        """[n, len(qs)] levels: the lowest level whose cumulative count reaches q of all."""
-        targets = np.multiply.outer(self.cumulative[:, -1], qs)  # [n, q]
-        return _count_below(self.cumulative, targets)
+def _quantiles(counts: np.ndarray, *qs: float) -> np.ndarray:
+    """[n, len(qs)] levels: the lowest level whose cumulative count reaches q of all."""
+    cumulative = np.cumsum(counts, axis=1)
+    targets = np.multiply.outer(cumulative[:, -1], qs)  # [n, q]
+    return _count_below(cumulative, targets)
 
-    def median_deviation(self, centers: np.ndarray) -> np.ndarray:
-        """[n] median absolute deviation of each image's levels from its center."""
-        deviations = np.abs(_LEVELS[np.newaxis, :] - centers[:, np.newaxis])  # [n, 256]
-        by_deviation = np.cumsum(_histograms(deviations, self.counts), axis=1)
-        return _count_below(by_deviation, 0.5 * by_deviation[:, -1:])[:, 0]
+
+def _median_deviations(counts: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """[n] median absolute deviation of each histogram's levels from its center."""
+    deviations = np.abs(_LEVELS[np.newaxis, :] - centers[:, np.newaxis])  # [n, 256]
+    by_deviation = np.cumsum(_histograms(deviations, counts), axis=1)
+    return _count_below(by_deviation, 0.5 * by_deviation[:, -1:])[:, 0]
 
 
 def _histograms(levels: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -281,9 +287,9 @@ def find_digit_boxes(ink: np.ndarray) -> np.ndarray:
     The box is found from clearly inked pixels (a quarter of full strength or more), so
     faint noise spread over a whole page can't widen it.
     """
-    strokes = ink >= STROKE_LEVEL
-    top, bottom = _trimmed_spans(strokes.sum(axis=2))
-    left, right = _trimmed_spans(strokes.sum(axis=1))
+    strokes = (ink >= STROKE_LEVEL).view(np.uint8)
+    top, bottom = _trimmed_spans(strokes.sum(axis=2, dtype=np.int32))
+    left, right = _trimmed_spans(strokes.sum(axis=1, dtype=np.int32))
     return np.stack([top, bottom, left, right], axis=1)
 
 
@@ -362,15 +368,19 @@ def stroke_widths(digits: np.ndarray) -> np.ndarray:
     """
     if len(digits) == 0:
         return np.zeros(0)
-    masks = np.pad(digits >= STROKE_MASK_LEVEL, ((0, 0), (1, 1), (1, 1))).astype(np.uint8)
-    distances = np.empty(masks.shape, np.float32)
-    neighbourhood = np.empty(masks.shape, np.float32)
-    for i, mask in enumerate(masks):
-        distances[i] = cv2.distanceTransform(mask, cv2.DIST_L2, cv2.DIST_MASK_5)
-        neighbourhood[i] = cv2.dilate(distances[i], _disc(1))
-    image, *_ = ridge = np.nonzero((distances >= neighbourhood) & (masks > 0))
-    steps = np.minimum(np.round(distances[ridge] * _DISTANCE_STEPS), 255).astype(np.int64)
-    counts = np.bincount(image * 256 + steps, minlength=256 * len(digits)).reshape(-1, 256)
+    masks = _pad(digits >= STROKE_MASK_LEVEL, 1, np.uint8)
+    # The padded masks, one above the other, make a single image for OpenCV: each digit's
+    # blank border keeps the digits apart, since a border pixel is nearer to every pixel
+    # inside than anything beyond it (and the dilation reaches one pixel only).
+    n, height, width = masks.shape
+    distances = cv2.distanceTransform(masks.reshape(n * height, width), cv2.DIST_L2,
+                                      cv2.DIST_MASK_5)
+    neighbourhood = cv2.dilate(distances, _disc(1)).reshape(masks.shape)
+    distances = distances.reshape(masks.shape)
+    ridge = np.flatnonzero((distances >= neighbourhood) & (masks > 0))
+    image = ridge // (height * width)
+    steps = np.minimum(np.round(distances.ravel()[ridge] * _DISTANCE_STEPS), 255).astype(np.int64)
+    counts = np.bincount(image * 256 + steps, minlength=256 * n).reshape(n, 256)
     cumulative = np.cumsum(counts, axis=1)
     upper_quartile = _count_below(cumulative, 0.75 * cumulative[:, -1:])[:, 0]
     widths = 2.0 * upper_quartile / _DISTANCE_STEPS - 1.0
@@ -382,16 +392,37 @@ def normalize_strokes(digits: np.ndarray) -> np.ndarray:
     or a thresholded scan is eroded, a hairline is dilated. Takes and returns float32
     [n, WORKING_BOX, WORKING_BOX] (with a margin added for the dilation)."""
     margin = 4
-    padded = np.pad(digits, ((0, 0), (margin, margin), (margin, margin)))
+    padded = _pad(digits, margin)
     widths = stroke_widths(digits)
-    for i in np.flatnonzero((widths > THICK_STROKE) | (widths < THIN_STROKE)).tolist():
-        if widths[i] > THICK_STROKE:
-            # Erosion by k narrows strokes by 2k, and re-fitting the smaller digit to the box
-            # widens them again by box / (box - 2k): solve for the k that lands on MNIST's.
-            radius = round((widths[i] - MNIST_STROKE) / (2 - MNIST_STROKE / WORKING_BOX))
-            padded[i] = cv2.erode(padded[i], _disc(radius))
-        else:
-            padded[i] = cv2.dilate(padded[i], _disc(round((MNIST_STROKE - widths[i]) / 2)))
+    # Erosion by k narrows strokes by 2k, and re-fitting the smaller digit to the box
+    # widens them again by box / (box - 2k): solve for the k that lands on MNIST's.
+    erosions = np.round((widths - MNIST_STROKE) / (2 - MNIST_STROKE / WORKING_BOX))
+    # Dilation reaches at most 2 px, within the margin: a stroke is at least 1 px wide.
+    dilations = np.round((MNIST_STROKE - widths) / 2)
+    for operation, chosen, radii in ((cv2.erode, widths > THICK_STROKE, erosions),
+                                     (cv2.dilate, widths < THIN_STROKE, dilations)):
+        for radius in np.unique(radii[chosen]).astype(int).tolist() if chosen.any() else []:
+            _apply_stacked(operation, padded, np.flatnonzero(chosen & (radii == radius)),
+                           _disc(radius))
+    return padded
+
+
+def _apply_stacked(operation, images: np.ndarray, which: np.ndarray,
+                   element: np.ndarray) -> None:
+    """images[which] = operation(each of them, element), as one OpenCV call on the images
+    stacked one above the other. Their zero margins keep them apart: an erosion that
+    reaches past one image's edge meets that image's own zeros first (the structuring
+    element is a disc), and a dilation stays within the margin."""
+    chosen = images[which]
+    stacked = chosen.reshape(-1, chosen.shape[-1])
+    images[which] = operation(stacked, element).reshape(chosen.shape)
+
+
+def _pad(images: np.ndarray, margin: int, dtype=None) -> np.ndarray:
+    """[n, H, W] -> [n, H + 2 margin, W + 2 margin] with zeros around (np.pad is slower)."""
+    n, height, width = images.shape
+    padded = np.zeros((n, height + 2 * margin, width + 2 * margin), dtype or images.dtype)
+    padded[:, margin: margin + height, margin: margin + width] = images
     return padded
 
 

@@ -122,6 +122,27 @@ def test_a_filled_loop_does_not_pass_for_a_thick_pen():
     assert pp.normalize_strokes(digit[np.newaxis])[0, 4 + 35, 4 + 20] == 255
 
 
+def test_pens_in_a_stack_are_measured_and_restroked_as_alone():
+    # OpenCV gets the stack as one tall image: strokes touching the edges of neighbouring
+    # images, and pens from hairline to felt (eroded by up to several pixels), must not
+    # reach across.
+    rng = np.random.default_rng(7)
+    digits = []
+    for width in (1, 2, 3, 5, 9, 13, 17, 21):
+        digit = np.zeros((40, 40), np.float32)
+        left = int(rng.integers(0, 40 - width + 1))
+        digit[:, left: left + width] = 255
+        digit[rng.integers(0, 40 - width + 1, 1)[0]:][:width] = 255  # a bar to an edge
+        digits.append(digit)
+    stack = np.stack(digits)
+    widths = pp.stroke_widths(stack)
+    assert (widths > pp.THICK_STROKE).any() and (widths < pp.THIN_STROKE).any()
+    np.testing.assert_array_equal(widths, [pp.stroke_width(d) for d in digits])
+    restroked = pp.normalize_strokes(stack)
+    for i, digit in enumerate(digits):
+        np.testing.assert_array_equal(restroked[i], pp.normalize_strokes(digit[np.newaxis])[0])
+
+
 def test_a_felt_pen_is_thinned_and_a_hairline_thickened_towards_mnist():
     thick, thin = pp.normalize_strokes(np.stack([stroke(15), stroke(1)]))
     for digit in (thick, thin):
