@@ -93,6 +93,21 @@ def test_debug_returns_the_28x28_the_model_saw(client):
     assert pixels[0, 0] == 0 and pixels.max() == 255  # the dark-on-white bar, inverted
 
 
+
+@pytest.mark.parametrize(("query", "status", "debug"), [
+    ("debug=yes", 200, True), ("debug=0", 200, False), ("debug=true&debug=off", 200, False),
+    ("debug=maybe", 422, None), ("debug=", 422, None), ("other=1", 200, False)])
+@pytest.mark.parametrize("path", ["/predict", "/models/functional/predict"])
+def test_the_debug_flag_reads_as_a_boolean_query_parameter(client, path, query, status, debug):
+    # The prediction routes read their query themselves (for speed): as FastAPI would.
+    response = client.post(f"{path}?{query}", content=PNG, headers={"content-type": "image/png"})
+    assert response.status_code == status
+    if status == 422:
+        [problem] = response.json()["detail"]
+        assert problem["loc"] == ["query", "debug"] and problem["type"] == "bool_parsing"
+    else:
+        assert ("model_input" in response.json()["predictions"][0]) is debug
+
 # --- models and summaries -----------------------------------------------------------------
 
 def test_models_lists_every_style(client):
