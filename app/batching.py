@@ -170,16 +170,26 @@ class Batcher:
                 or len(self._jobs) >= self._expected_requests)
 
     async def _wait_for_more(self) -> None:
-        deadline = self._jobs[0].enqueued_at + self.timeout_s
-        while not self._enough_queued():
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return
+        remaining = self._jobs[0].enqueued_at + self.timeout_s - time.perf_counter()
+        if remaining <= 0:
+            return
+        # One timer for the whole wait: each request that arrives meanwhile wakes this loop,
+        # and a fresh `asyncio.wait_for` per wake-up (a task and a timer each) cost more
+        # than the batching saved.
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            self._wakeup.set()
+
+        timer = asyncio.get_running_loop().call_later(remaining, expire)
+        try:
+            while not expired and not self._enough_queued():
+                self._wakeup.clear()
+                await self._wakeup.wait()
+        finally:
+            timer.cancel()
 
     def _take_batch(self) -> list[_Job]:
         """Jobs from the front of the queue, up to max_batch_size images (at least one job)."""

@@ -83,6 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs" if settings.docs else None,
         redoc_url="/redoc" if settings.docs else None,
         openapi_url="/openapi.json" if settings.docs else None,
+        # The service exports its own Prometheus metrics; FastAPI's OpenTelemetry hooks
+        # would look up three providers on every request (a few % of the throughput).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.add_middleware(RefuseEncodedSlashes)
     app.add_middleware(ShedOnShutdown)  # inside the access log, which then counts its 503

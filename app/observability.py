@@ -70,6 +70,19 @@ class AccessLogMiddleware:
         self.app = app
         self.metrics = metrics
         self.log = log
+        # Looking a labelled series up in prometheus_client takes a lock and a few calls per
+        # request; the label sets are few (route templates, the methods the HTTP parser
+        # knows, statuses), so each is looked up once.
+        self._children: dict[tuple[str, str, int], tuple] = {}
+
+    def _series(self, method: str, route: str, status: int) -> tuple:
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            labels = (method, route, str(status))
+            children = self._children[key] = (self.metrics.requests.labels(*labels),
+                                              self.metrics.latency.labels(*labels))
+        return children
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,8 +107,9 @@ class AccessLogMiddleware:
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         method = scope["method"]
-        self.metrics.requests.labels(method, route, str(status)).inc()
-        self.metrics.latency.labels(method, route, str(status)).observe(seconds)
+        count, latency = self._series(method, route, status)
+        count.inc()
+        latency.observe(seconds)
         if self.log and access_logger.isEnabledFor(logging.INFO):
             state = scope.get("state") or {}
             access_logger.info(json.dumps({

@@ -43,6 +43,9 @@ class PredictionService:
                            observe=metrics.batch_observer(style.value))
             for style, model in registry.loaded.items()
         }
+        # Each request observes this; a series looked up per request costs a lock and more.
+        self._images_per_request = {style: metrics.images_per_request.labels(style.value)
+                                    for style in self.batchers}
 
     def inspect_body_prefix(self, prefix: bytes) -> None:
         """Refuse a single-image body from its first bytes (see `decoding.inspect_prefix`),
@@ -64,7 +67,7 @@ class PredictionService:
 
     async def predict(self, model: LoadedModel, uploads: list[Upload],
                       debug: bool) -> PredictResponse:
-        self.metrics.images_per_request.labels(model.style.value).observe(len(uploads))
+        self._images_per_request[model.style].observe(len(uploads))
         payload = self.preprocess.in_batch(uploads)
         if payload is None:
             payload = await self.preprocess.prepare_ahead(uploads)
