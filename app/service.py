@@ -37,6 +37,7 @@ class PredictionService:
             on_restart=lambda reason: metrics.decoder_restarts.labels(reason).inc())
         self.batchers = {
             style: Batcher(model_on_pixels(model), prepare=self.preprocess,
+                           cheap=self.preprocess.cheap,
                            max_batch_size=settings.max_batch_size,
                            timeout_s=settings.batch_timeout_ms / 1000,
                            max_queue_images=settings.max_queue_images, name=style.value,

@@ -210,6 +210,36 @@ def test_a_request_that_cannot_be_prepared_fails_alone():
     assert isinstance(bad, ValueError) and calls == [2]  # one model call for the two good ones
 
 
+@pytest.mark.parametrize("cheap", [True, False])
+def test_a_cheap_batch_is_prepared_on_the_event_loop_and_fails_alone(cheap):
+    prepared_on = []
+
+    def prepare(payloads):
+        prepared_on.append(threading.current_thread())
+        if "broken" in payloads:  # fails the whole call: the batcher must find whose fault
+            raise ValueError("cannot decode")
+        return [images(float(p)) for p in payloads]
+
+    async def scenario():
+        model = RecordingModel()
+        model.release.clear()
+        batcher = await started(model, prepare=prepare, cheap=lambda payloads: cheap)
+        first = asyncio.ensure_future(batcher.submit("1", size=1))
+        await until(model.entered.is_set)  # the next two queue up behind it, as one batch
+        rest = [asyncio.ensure_future(batcher.submit(p, size=1)) for p in ("broken", "3")]
+        await until(lambda: len(batcher._jobs) == 2)
+        model.release.set()
+        results = await asyncio.gather(first, *rest, return_exceptions=True)
+        await batcher.stop()
+        return model.calls, results
+
+    calls, (one, bad, three) = run(scenario())
+    assert (one.outputs == 2).all() and (three.outputs == 6).all()
+    assert isinstance(bad, ValueError) and calls == [1, 1]
+    loop_thread = threading.main_thread()  # asyncio.run runs the loop here
+    assert all((thread is loop_thread) == cheap for thread in prepared_on)
+
+
 def test_a_full_queue_sheds_load():
     async def scenario():
         model = RecordingModel()

@@ -14,7 +14,12 @@ import pytest
 
 from app.batching import Partial, QueueFull
 from app.decoding import DecodeLimits
-from app.preprocess_workers import PreprocessWorkers, WorkerLimits
+from app.preprocess_workers import (
+    CHEAP_BATCH_IMAGES,
+    CHEAP_BATCH_PIXELS,
+    PreprocessWorkers,
+    WorkerLimits,
+)
 from app.preprocessing import prepare_one
 from app.uploads import Upload, UploadError
 from tests.images import draw_one, encode
@@ -108,6 +113,23 @@ def test_the_workers_give_the_digits_the_server_process_gives(workers):
     (here,) = in_process([uploads(JPEG)])
     (there,) = workers([uploads(JPEG, 3)])
     assert (there == here[0]).all()
+
+
+def test_only_a_few_small_simple_images_are_cheap_enough_for_the_event_loop(workers):
+    small = workers.in_batch(uploads(PNG, 3))
+    assert small is not None and workers.cheap([small, np.zeros((2, 28, 28), np.uint8)])
+    assert not workers.cheap([uploads(PNG)])  # not inspected by in_batch
+    assert workers.in_batch(uploads(JPEG)) is None  # decoded ahead, by the workers
+    many = workers.in_batch(uploads(PNG, CHEAP_BATCH_IMAGES + 1))
+    assert many is not None and not workers.cheap([many])
+    # A blank canvas compresses to a few hundred bytes however large it is: its pixels count.
+    canvas = encode(draw_one(size=(600, 600), box=(200, 100, 400, 500)))
+    large = workers.in_batch(uploads(canvas))
+    assert large is not None and large[0].header.pixels > CHEAP_BATCH_PIXELS
+    assert not workers.cheap([large])
+    # Without decoder processes nothing is inspected ahead, so nothing is cheap.
+    [alone] = PreprocessWorkers(LIMITS, WorkerLimits(processes=0)).in_batch(uploads(PNG))
+    assert alone.header is None
 
 
 def test_only_non_simple_images_reach_the_workers(workers, monkeypatch):
