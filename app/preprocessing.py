@@ -168,7 +168,10 @@ def to_light_on_dark(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     white chalk on a blackboard both come out as MNIST does.
     """
     n = len(grays)
-    image_counts = _histograms(grays.reshape(n, -1))
+    # Each pixel's place in a per-image table of levels, [n, 256] flattened: for the
+    # histograms, and at the end to look each pixel's ink up.
+    in_table = grays.reshape(n, -1) + 256 * np.arange(n)[:, np.newaxis]
+    image_counts = np.bincount(in_table.ravel(), minlength=256 * n).reshape(n, 256)
     edge_counts = _edge_histograms(grays)  # [n, 4, 256]
     frame_counts = edge_counts.sum(axis=1)
     # Near-extremes rather than min/max, so a few stray pixels can't decide; near enough
@@ -205,14 +208,16 @@ def to_light_on_dark(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # ink = (background - noise) - gray when inverted, else gray - (background + noise)
     sign = np.where(inverted, -1.0, 1.0)
     offset = np.where(inverted, background - noise, -(background + noise))
-    ink = grays.astype(np.float32)
-    ink *= _per_image(sign)
-    ink += _per_image(offset)
+    # Worked out once per level rather than per pixel (a 28x28 image has three times as
+    # many pixels as levels), in the same float32 steps, then looked up for each pixel.
+    ink = np.tile(_LEVELS.astype(np.float32), (n, 1))
+    ink *= _per_level(sign)
+    ink += _per_level(offset)
     np.clip(ink, 0.0, None, out=ink)
-    peak = ink.max(axis=(1, 2))
+    peak = np.where(image_counts > 0, ink, 0).max(axis=1)  # over the levels present
     found = peak >= MIN_CONTRAST
-    ink *= _per_image(255.0 / np.where(found, peak, 1.0))
-    return ink, found
+    ink *= _per_level(255.0 / np.where(found, peak, 1.0))
+    return ink.ravel()[in_table].reshape(grays.shape), found
 
 
 def frame_edges(grays: np.ndarray) -> list[np.ndarray]:
@@ -229,6 +234,11 @@ def frame_edges(grays: np.ndarray) -> list[np.ndarray]:
 def _per_image(values: np.ndarray) -> np.ndarray:
     """One value per image, shaped to broadcast over a [n, H, W] stack as float32."""
     return np.asarray(values, dtype=np.float32)[:, np.newaxis, np.newaxis]
+
+
+def _per_level(values: np.ndarray) -> np.ndarray:
+    """One value per image, shaped to broadcast over [n, 256] tables as float32."""
+    return np.asarray(values, dtype=np.float32)[:, np.newaxis]
 
 
 _LEVELS = np.arange(256)
@@ -293,13 +303,6 @@ def _median_deviations(cumulative: np.ndarray, centers: np.ndarray) -> np.ndarra
 
 _IN_BLOCK = np.arange(16)
 _BLOCK_ENDS = 16 * _IN_BLOCK + 15
-
-
-def _histograms(levels: np.ndarray) -> np.ndarray:
-    """Per-row 256-bin histograms of [n, k] levels in 0..255: one bincount for all rows."""
-    n = len(levels)
-    offsets = (levels + 256 * np.arange(n)[:, np.newaxis]).ravel()
-    return np.bincount(offsets, minlength=256 * n).reshape(n, 256)
 
 
 def _count_below(cumulative: np.ndarray, targets: np.ndarray) -> np.ndarray:
