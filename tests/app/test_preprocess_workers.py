@@ -17,6 +17,7 @@ from app.decoding import DecodeLimits
 from app.preprocess_workers import (
     CHEAP_BATCH_IMAGES,
     CHEAP_BATCH_PIXELS,
+    CHEAP_BATCH_SIZES,
     PreprocessWorkers,
     WorkerLimits,
 )
@@ -115,18 +116,26 @@ def test_the_workers_give_the_digits_the_server_process_gives(workers):
     assert (there == here[0]).all()
 
 
-def test_only_a_few_small_simple_images_are_cheap_enough_for_the_event_loop(workers):
-    small = workers.in_batch(uploads(PNG, 3))
+def test_only_a_few_small_plain_pngs_are_cheap_enough_for_the_event_loop(workers):
+    digit = encode(draw_one(size=(28, 28), box=(12, 4, 15, 23)))
+    small = workers.in_batch(uploads(digit, 3))
     assert small is not None and workers.cheap([small, np.zeros((2, 28, 28), np.uint8)])
-    assert not workers.cheap([uploads(PNG)])  # not inspected by in_batch
+    assert not workers.cheap([uploads(digit)])  # not inspected by in_batch
     assert workers.in_batch(uploads(JPEG)) is None  # decoded ahead, by the workers
-    many = workers.in_batch(uploads(PNG, CHEAP_BATCH_IMAGES + 1))
+    many = workers.in_batch(uploads(digit, CHEAP_BATCH_IMAGES + 1))
     assert many is not None and not workers.cheap([many])
     # A blank canvas compresses to a few hundred bytes however large it is: its pixels count.
-    canvas = encode(draw_one(size=(600, 600), box=(200, 100, 400, 500)))
-    large = workers.in_batch(uploads(canvas))
-    assert large is not None and large[0].header.pixels > CHEAP_BATCH_PIXELS
-    assert not workers.cheap([large])
+    canvas = workers.in_batch(uploads(encode(draw_one(size=(300, 300)))))
+    assert canvas is not None and canvas[0].header.pixels > CHEAP_BATCH_PIXELS
+    assert not workers.cheap([canvas])
+    # Each size is a stack of its own, with a cost of its own: only a few sizes are cheap.
+    sizes = [encode(draw_one(size=(28, 20 + k), box=(2, 2, 10, 10)))
+             for k in range(CHEAP_BATCH_SIZES + 1)]
+    assert not workers.cheap([workers.in_batch([Upload(f"#{k}", data)
+                                                for k, data in enumerate(sizes)])])
+    # Only PNGs OpenCV decodes plainly: a transparent one goes through Pillow.
+    transparent = workers.in_batch(uploads(encode(draw_one(size=(28, 28), mode="LA"))))
+    assert transparent is not None and not workers.cheap([transparent])
     # Without decoder processes nothing is inspected ahead, so nothing is cheap.
     [alone] = PreprocessWorkers(LIMITS, WorkerLimits(processes=0)).in_batch(uploads(PNG))
     assert alone.header is None
