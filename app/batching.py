@@ -14,10 +14,10 @@ request is enough.
 
 Preparing (decoding) inside the batch thread costs one thread hand-off per batch instead
 of one per request, and keeps that CPU work off the event loop. A batch that is cheap to
-prepare (`cheap`: a few small, already-inspected images) is prepared on the event loop
-instead, and only the model call goes to the thread: two threads taking turns at the GIL
-through a hundred small numpy calls cost more than the work itself (6% of single-image
-throughput).
+prepare (`cheap`: a few small, already-inspected images, a few ms) is prepared on the
+event loop instead, and only the model call goes to the thread: two threads taking turns
+at the GIL through a hundred small numpy calls cost more than the work itself (about 4% of
+single-image throughput).
 """
 
 from __future__ import annotations
