@@ -587,6 +587,9 @@ class PreprocessWorkers:
         budget is failed as a whole (see `_outcome`)."""
         local, pooled, pixels, pixel_counts = [], [], 0, {}
         for i, upload in enumerate(uploads):
+            if upload.refused is not None:  # unreadable before decoding (bad base64)
+                answers[i] = ImageError(upload.refused)
+                continue
             try:
                 header = upload.header or inspect(upload.data, self.decode_limits)
             except ImageError as error:

@@ -70,11 +70,21 @@ class UploadError(Exception):
         self.close_connection = status_code == 408  # the rest isn't worth waiting for
 
 
+class ItemError(UploadError):
+    """One image of a request could not be read before decoding (bad base64). Alone in its
+    request it fails the request; among others it gets its own error entry."""
+
+    def __init__(self, label: str, reason: str):
+        super().__init__(400, f"{label}: {reason}")
+        self.reason = reason
+
+
 @dataclasses.dataclass(frozen=True)
 class Upload:
     label: str  # how error messages name this image, e.g. "file #2 ('seven.png')"
     data: bytes
     header: ImageHeader | None = None  # once inspected (app.decoding)
+    refused: str | None = None  # why it could not be read at all (an ItemError's reason)
 
 
 class Base64Images(BaseModel):
@@ -303,13 +313,21 @@ def parse_base64_json(body: bytes, max_images: int) -> list[Upload]:
     uploads = []
     for i, text in enumerate(payload.images):
         label = f"images[{i}]"
-        # A placeholder (see _cut_long_strings): no client string can start with NUL
-        # when strings were cut, as that takes an escape, and a backslash stops the cutting.
-        if long_strings and text.startswith("\0"):
-            start, end = long_strings[int(text[1:])]
-            uploads.append(Upload(label, _decode_base64_in_windows(body, start, end, label)))
-        else:
-            uploads.append(Upload(label, _decode_base64(text, label)))
+        try:
+            # A placeholder (see _cut_long_strings): no client string can start with NUL
+            # when strings were cut, as that takes an escape, and a backslash stops the
+            # cutting.
+            if long_strings and text.startswith("\0"):
+                start, end = long_strings[int(text[1:])]
+                data = _decode_base64_in_windows(body, start, end, label)
+            else:
+                data = _decode_base64(text, label)
+        except ItemError as error:
+            if len(payload.images) == 1:
+                raise
+            uploads.append(Upload(label, b"", refused=error.reason))  # costs only itself
+            continue
+        uploads.append(Upload(label, data))
     return uploads
 
 
@@ -368,8 +386,7 @@ def _decode_base64(text: str, label: str) -> bytes:
     try:
         encoded = text.encode("ascii")
     except UnicodeEncodeError as error:
-        raise UploadError(400, f"{label} is not valid base64: it holds non-ASCII "
-                               "characters.") from error
+        raise ItemError(label, "not valid base64: it holds non-ASCII characters.") from error
     # Line breaks and spaces are allowed (MIME wraps base64); dropped in one C call.
     return _decode_base64_end(encoded.translate(None, b" \t\r\n"), label)
 
@@ -409,8 +426,8 @@ def _decode_base64_end(encoded: bytes, label: str, before: int = 0) -> bytes:
     padding = len(encoded) - len(data)
     # Whole 4-character groups, padded only as far as the last group needs.
     if len(encoded) % 4 or (padding and (padding > 2 or len(data) % 4 != 4 - padding)):
-        raise UploadError(400, f"{label} is not valid base64: {before + len(data)} characters "
-                               f"with {padding} '=' of padding.")
+        raise ItemError(label, f"not valid base64: {before + len(data)} characters with "
+                               f"{padding} '=' of padding.")
     return _a2b(encoded, label)
 
 
@@ -418,8 +435,8 @@ def _a2b(encoded: bytes, label: str) -> bytes:
     try:
         return binascii.a2b_base64(encoded, strict_mode=True)  # nothing outside base64
     except (binascii.Error, ValueError) as error:
-        raise UploadError(400, f"{label} is not valid base64: {error}") from error
+        raise ItemError(label, f"not valid base64: {error}") from error
 
 
-def _not_a_base64_url(label: str) -> UploadError:
-    return UploadError(400, f"{label}: a data: URL must be base64 (data:image/png;base64,...).")
+def _not_a_base64_url(label: str) -> ItemError:
+    return ItemError(label, "a data: URL must be base64 (data:image/png;base64,...).")

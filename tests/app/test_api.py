@@ -245,10 +245,19 @@ def test_a_request_with_no_readable_file_fails(client):
     assert "None of the 2 images" in response.json()["detail"]
 
 
-def test_bad_base64_is_400_and_names_the_image(client):
+def test_bad_base64_costs_only_its_own_image(client):
     text = base64.b64encode(PNG).decode()
-    response = client.post("/predict", json={"images": [text, "%%%not base64%%%"]})
-    assert response.status_code == 400 and "images[1]" in response.json()["detail"]
+    response = client.post("/predict", json={"images": [text, "%%%not base64%%%", text]})
+    assert response.status_code == 200
+    good, bad, other = response.json()["predictions"]
+    alone = client.post("/predict", json={"images": [text]}).json()["predictions"][0]
+    assert good == other == alone
+    assert bad["error"]["status"] == 400
+    assert bad["error"]["detail"].startswith("images[1]: not valid base64")
+    # Alone, it fails its request, named the same way.
+    response = client.post("/predict", json={"images": ["data:image/png,raw"]})
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("images[0]: a data: URL must be base64")
 
 
 @pytest.mark.parametrize("payload", [{"pictures": []}, {"images": []}, {"images": "abc"},

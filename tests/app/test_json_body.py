@@ -20,8 +20,9 @@ from app.uploads import UploadError, parse_base64_json
 MAX_IMAGES = 8
 
 
-def reference(body: bytes) -> list[bytes] | str:
-    """What the body should give: each image's bytes, or "400" / "413" / "422"."""
+def reference(body: bytes) -> list[bytes | str] | str:
+    """What the body should give: each image's bytes (or "400" for an image that is not
+    valid base64, among others), or the request's "400" / "413" / "422"."""
     try:
         document = json.loads(body)
     except ValueError:
@@ -31,29 +32,32 @@ def reference(body: bytes) -> list[bytes] | str:
         return "413"  # counted before the items are validated
     if not isinstance(images, list) or not images or not all(isinstance(i, str) for i in images):
         return "422"
-    decoded = []
-    for text in images:
-        if text.startswith("data:"):
-            header, _, text = text.partition(",")
-            if not header.endswith(";base64"):
-                return "400"
-        if not text.isascii():
-            return "400"
-        encoded = text.encode().translate(None, b" \t\r\n")
-        stripped = encoded.rstrip(b"=")
-        padding = len(encoded) - len(stripped)
-        if len(encoded) % 4 or (padding and (padding > 2 or len(stripped) % 4 != 4 - padding)):
-            return "400"
-        try:
-            decoded.append(binascii.a2b_base64(encoded, strict_mode=True))
-        except binascii.Error:
-            return "400"
-    return decoded
+    decoded = [decode_reference(text) for text in images]
+    return "400" if decoded == ["400"] else decoded  # alone, a bad image fails its request
 
 
-def ours(body: bytes) -> list[bytes] | str:
+def decode_reference(text: str) -> bytes | str:
+    if text.startswith("data:"):
+        header, _, text = text.partition(",")
+        if not header.endswith(";base64"):
+            return "400"
+    if not text.isascii():
+        return "400"
+    encoded = text.encode().translate(None, b" \t\r\n")
+    stripped = encoded.rstrip(b"=")
+    padding = len(encoded) - len(stripped)
+    if len(encoded) % 4 or (padding and (padding > 2 or len(stripped) % 4 != 4 - padding)):
+        return "400"
     try:
-        return [upload.data for upload in parse_base64_json(body, MAX_IMAGES)]
+        return binascii.a2b_base64(encoded, strict_mode=True)
+    except binascii.Error:
+        return "400"
+
+
+def ours(body: bytes) -> list[bytes | str] | str:
+    try:
+        return [upload.data if upload.refused is None else "400"
+                for upload in parse_base64_json(body, MAX_IMAGES)]
     except UploadError as error:
         return str(error.status_code)
     except RequestValidationError:  # FastAPI answers it 422
@@ -103,7 +107,7 @@ def test_a_nul_escape_in_a_large_body_is_an_image_not_a_placeholder(small_window
     # "\u0000" needs a backslash, which makes the whole body go to json.loads: never read
     # as one of the cut strings.
     body = b'{"images": ["\\u00000", "' + base64.b64encode(b"x" * 30) + b'"]}'
-    assert ours(body) == "400"
+    assert ours(body) == ["400", b"x" * 30]  # an image that is not base64, beside a good one
 
 
 def test_a_nine_megabyte_image_decodes_in_windows():

@@ -103,6 +103,15 @@ def test_requests_are_answered_in_order_with_their_own_errors(workers):
     assert isinstance(junk, UploadError) and junk.status_code == 400
 
 
+def test_an_image_refused_before_decoding_gets_its_own_error_entry(workers):
+    refused = Upload("images[1]", b"", refused="not valid base64: bad padding.")
+    (answer,) = workers([uploads(JPEG) + [refused] + uploads(PNG, first=3)])
+    assert isinstance(answer, Partial)
+    assert_digits(answer.inputs, 2)
+    assert answer.errors[1].status_code == 400
+    assert answer.errors[1].detail == "images[1]: not valid base64: bad padding."
+
+
 def test_a_request_with_no_readable_image_fails_with_the_first_ones_status(workers):
     (answer,) = workers([uploads(b"broken", 2) + uploads(b"\x89PNG\r\n\x1a\n", first=3)])
     assert isinstance(answer, UploadError) and answer.status_code == 415
