@@ -380,8 +380,8 @@ def _cut_long_strings(body: bytes, max_images: int) -> tuple[bytes, list[tuple[i
 
 def _decode_base64(text: str, label: str) -> bytes:
     if text.startswith("data:"):
-        header, _, text = text.partition(",")
-        if not header.endswith(";base64"):
+        header, comma, text = text.partition(",")
+        if not (comma and header.endswith(";base64")):
             raise _not_a_base64_url(label)
     try:
         encoded = text.encode("ascii")

@@ -38,8 +38,8 @@ def reference(body: bytes) -> list[bytes | str] | str:
 
 def decode_reference(text: str) -> bytes | str:
     if text.startswith("data:"):
-        header, _, text = text.partition(",")
-        if not header.endswith(";base64"):
+        header, comma, text = text.partition(",")
+        if not (comma and header.endswith(";base64")):
             return "400"
     if not text.isascii():
         return "400"
@@ -108,6 +108,17 @@ def test_a_nul_escape_in_a_large_body_is_an_image_not_a_placeholder(small_window
     # as one of the cut strings.
     body = b'{"images": ["\\u00000", "' + base64.b64encode(b"x" * 30) + b'"]}'
     assert ours(body) == ["400", b"x" * 30]  # an image that is not base64, beside a good one
+
+
+def test_a_data_url_without_a_comma_is_refused_the_same_way_in_any_body(small_windows):
+    # Found by an attack: cut out and read in windows it was "not a base64 URL", read
+    # whole it was an empty image.
+    text = "data:" + "x" * 40 + ";base64"
+    good = base64.b64encode(b"x" * 30).decode()
+    for body in (json.dumps({"images": [text, good]}).encode(),
+                 json.dumps({"images": [text, good], "note": "\\"}).encode()):
+        [refused, _] = parse_base64_json(body, MAX_IMAGES)
+        assert refused.refused.startswith("a data: URL must be base64")
 
 
 def test_a_nine_megabyte_image_decodes_in_windows():
