@@ -35,25 +35,28 @@ class ImageFailure(BaseModel):
 
 
 class Prediction(BaseModel):
-    """One image's answer: its digit, or (in a request of several images) its `error`."""
+    """One image's answer: its digit, how sure the model is, and each digit's probability."""
 
-    digit: int | None = Field(None, ge=0, le=9, examples=[7])
-    confidence: float | None = Field(None, description="Probability of `digit`.",
-                                     examples=[0.998])
-    probabilities: list[float] | None = Field(None,
-                                              description="Probability of each digit 0-9.")
+    digit: int = Field(ge=0, le=9, examples=[7])
+    confidence: float = Field(description="Probability of `digit`.", examples=[0.998])
+    probabilities: list[float] = Field(description="Probability of each digit 0-9.",
+                                       min_length=10, max_length=10)
     model_input: str | None = Field(
         None, description="With ?debug=true: the 28x28 image the model saw, as base64 PNG.")
-    error: ImageFailure | None = Field(
-        None, description="Only for an image that could not be read, in a request of several: "
-                          "the others are still answered (200). A single image that can't be "
-                          "read fails its request with this status instead.")
+
+
+class PredictionError(BaseModel):
+    """In a request of several images, one that could not be read: the others are still
+    answered (200). A single image that can't be read fails its request with this status
+    instead."""
+
+    error: ImageFailure
 
 
 class PredictResponse(BaseModel):
     model: Style
     version: int
-    predictions: list[Prediction] = Field(
+    predictions: list[Prediction | PredictionError] = Field(
         description="One per image, in request order: a digit, or an `error` entry for an "
                     "image that could not be read.")
 

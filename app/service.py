@@ -14,7 +14,7 @@ from app.decoding import DecodeLimits, ImageError, inspect_prefix
 from app.observability import Metrics
 from app.preprocess_workers import PreprocessWorkers, WorkerLimits, as_upload_error
 from app.registry import LoadedModel, ModelRegistry
-from app.schemas import ImageFailure, Prediction, PredictResponse
+from app.schemas import ImageFailure, Prediction, PredictionError, PredictResponse
 from app.settings import Settings
 from app.uploads import Upload
 from digit_contract import scale_pixels
@@ -104,8 +104,8 @@ def build_response(model: LoadedModel, result: BatchResult, debug: bool) -> Pred
     return PredictResponse(model=model.style, version=model.version, predictions=predictions)
 
 
-def failure(error: Exception) -> Prediction:
-    return Prediction(error=ImageFailure(status=getattr(error, "status_code", 400),
+def failure(error: Exception) -> PredictionError:
+    return PredictionError(error=ImageFailure(status=getattr(error, "status_code", 400),
                                          detail=str(error)))
 
 

@@ -194,6 +194,15 @@ def test_openapi_documents_the_endpoints(client):
     assert client.get("/docs").status_code == 200
 
 
+def test_openapi_says_each_answer_is_a_digit_or_an_error(client):
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    entries = schemas["PredictResponse"]["properties"]["predictions"]["items"]["anyOf"]
+    assert [entry["$ref"].rsplit("/", 1)[-1] for entry in entries] == [
+        "Prediction", "PredictionError"]
+    assert set(schemas["Prediction"]["required"]) == {"digit", "confidence", "probabilities"}
+    assert schemas["PredictionError"]["required"] == ["error"]
+
+
 # --- errors: a clear 4xx, never a 500 -----------------------------------------------------
 
 @pytest.mark.parametrize("body", [b"", PNG[:100], PNG[:8] + b"\0" * 40])
