@@ -10,8 +10,7 @@ compose up` exposes this service directly, so it sets them itself:
   buffers each header whole before handing it over: a 100 MB header would be 100 MB here.
 - **bodies**: reading a large body waits at its first 256 KB until the app has judged them
   (`BodyStart`), so that the app can refuse it from its start without reading the rest.
-  The app times the body it reads
-  (`app.uploads.read_body` answers 408). A body
+  The app times the body it reads (`app.uploads.read_body` answers 408). A body
   still arriving after its answer (an early 413, a route that ignores bodies) may drain for
   `body_timeout_s`, then the connection closes: otherwise each byte would restart uvicorn's
   keep-alive timer and a trickle could hold the connection for ever.

@@ -221,8 +221,8 @@ def _png_header(data: bytes, max_chunks: int = MAX_PNG_CHUNKS) -> ImageHeader:
         if kind in _PNG_COMPRESSED_CHUNKS:
             compressed += 1
             if compressed > MAX_PNG_COMPRESSED_CHUNKS:
-                raise ImageTooComplex(f"The PNG has over {MAX_PNG_COMPRESSED_CHUNKS} compressed "
-                                 "text or profile chunks.")
+                raise ImageTooComplex(f"The PNG has over {MAX_PNG_COMPRESSED_CHUNKS} "
+                                      "compressed text or profile chunks.")
         position += length + 12
         if kind == b"IEND":
             break
@@ -340,8 +340,8 @@ def _gif_header(data: bytes) -> ImageHeader:
             position += size + 1
             blocks += 1
             if blocks > MAX_GIF_BLOCKS:
-                raise ImageTooComplex(f"The GIF has over {MAX_GIF_BLOCKS:,} blocks before its "
-                                 "first frame.")
+                raise ImageTooComplex(f"The GIF has over {MAX_GIF_BLOCKS:,} blocks before "
+                                      "its first frame.")
         position += 1
     if data[position] != 0x2C:
         raise _corrupt("the GIF has no image")
@@ -384,7 +384,8 @@ def _tiff_header(data: bytes) -> ImageHeader:
     (offset,) = struct.unpack(order + "I", data[4:8])
     (entries,) = struct.unpack(order + "H", data[offset: offset + 2])
     if entries > MAX_TIFF_ENTRIES:
-        raise ImageTooComplex(f"The TIFF has {entries:,} tags; the limit is {MAX_TIFF_ENTRIES:,}.")
+        raise ImageTooComplex(f"The TIFF has {entries:,} tags; the limit is "
+                              f"{MAX_TIFF_ENTRIES:,}.")
     tags: dict[int, tuple[int, int, int]] = {}
     for i in range(entries):
         at = offset + 2 + 12 * i
@@ -420,7 +421,7 @@ def _tiff_header(data: bytes) -> ImageHeader:
     strips = tags.get(offsets_tag, (0, 0, 0))[1]
     if strips > MAX_TIFF_STRIPS:  # refused before its arrays are read
         raise ImageTooComplex(f"The TIFF has {strips:,} strips or tiles; the limit is "
-                         f"{MAX_TIFF_STRIPS:,}.")
+                              f"{MAX_TIFF_STRIPS:,}.")
     offsets = _tiff_array(data, order, tags.get(offsets_tag))
     counts = _tiff_array(data, order, tags.get(counts_tag))
     if len(offsets) == 0 or len(offsets) != len(counts):

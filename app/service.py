@@ -106,7 +106,7 @@ def build_response(model: LoadedModel, result: BatchResult, debug: bool) -> Pred
 
 def failure(error: Exception) -> PredictionError:
     return PredictionError(error=ImageFailure(status=getattr(error, "status_code", 400),
-                                         detail=str(error)))
+                                              detail=str(error)))
 
 
 def encode_png(pixels: np.ndarray) -> str:
