@@ -6,6 +6,7 @@ tests and embedders call `create_app(Settings(...))`.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gc
 import logging
@@ -17,7 +18,6 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 
 from app import allocator
 from app.access import RequireApiKey, document_security, load_key_digests
@@ -44,35 +44,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         # Imported here so that building the app (and `import app.main`) stays cheap.
         from app.devices import select_device
-        from app.registry import load_registry
+        from app.lifecycle import LoadSettings, ModelWatcher
         from app.service import PredictionService
 
         allocator.tune()
         device = select_device(settings.device)
         logger.info("loading models from %s on %s", settings.model_dir, device)
-        registry = await run_in_threadpool(load_registry, settings.model_dir, device,
-                                           settings.runtime, settings.model_threads())
-        for model in registry.loaded.values():
-            metrics.model_info.labels(model.style.value, str(model.version), model.device,
-                                      model.runtime.value).set(1)
-        service = PredictionService(registry, settings, metrics)
+        service = PredictionService(settings, metrics)
+        watcher = ModelWatcher(
+            LoadSettings(settings.model_dir, device, settings.runtime,
+                         settings.model_threads(), settings.version_policies()),
+            current=lambda: service.registry, serve=service.serve,
+            publish=functools.partial(setattr, service, "registry"),
+            on_load=metrics.model_loaded, on_retire=metrics.model_retired)
+        await watcher.refresh()
         # TensorFlow leaves hundreds of thousands of long-lived objects on the Python heap;
         # each full garbage collection would walk them all (a pause of a tenth of a second
         # or more). Freezing moves them out of the collector's sight.
         gc.collect()
         gc.freeze()
         service.start()
+        polling = (asyncio.get_running_loop().create_task(
+            watcher.run(settings.model_poll_seconds), name="model-poll")
+            if settings.model_poll_seconds else None)
         metrics_server = (await serve_metrics(settings.host, settings.metrics_port,
                                               metrics.registry)
                           if settings.metrics_port else None)
         logger.info("serving %s", ", ".join(
             f"{m.style.value} v{m.version} on {m.device} ({m.runtime.value})"
-            for m in registry.loaded.values()) or "no model")
+            for m in service.registry.loaded.values()) or "no model")
         try:
             yield {"service": service, "settings": settings, "metrics": metrics}
         finally:
+            if polling is not None:
+                polling.cancel()
+                await asyncio.gather(polling, return_exceptions=True)
             if metrics_server is not None:
                 metrics_server.close()
+            await watcher.close()
             await service.stop()
 
     app = FastAPI(

@@ -48,6 +48,22 @@ class Metrics:
             "overrunning their time limit on an image.", ["reason"], registry=self.registry)
         self.model_info = Gauge("digits_model_loaded", "1 for each served model version.",
                                 ["model", "version", "device", "runtime"], registry=self.registry)
+        self.model_loads = Counter(
+            "digits_model_loads_total", "Attempts to load a model version (at start-up and "
+            "when the model directory changes), by outcome: loaded or failed.",
+            ["model", "outcome"], registry=self.registry)
+
+    def model_loaded(self, style, version: int, outcome) -> None:
+        """`outcome`: the LoadedModel, or the exception that stopped it loading."""
+        failed = isinstance(outcome, Exception)
+        self.model_loads.labels(style.value, "failed" if failed else "loaded").inc()
+        if not failed:
+            self.model_info.labels(style.value, str(version), outcome.device,
+                                   outcome.runtime.value).set(1)
+
+    def model_retired(self, model) -> None:
+        self.model_info.remove(model.style.value, str(model.version), model.device,
+                               model.runtime.value)
 
     def batch_observer(self, model: str):
         """A callback for the batcher that records one model call."""

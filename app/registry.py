@@ -1,8 +1,9 @@
-"""Loading the served models: the highest loadable version of each style, on one device
-and runtime (`app.runtimes`)."""
+"""What is served: loaded model versions, and the registry snapshot requests resolve
+against (`app.lifecycle` builds and swaps it)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -11,14 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
+from app.batching import Batcher
 from app.runtimes import Runner, Runtime, choose, load
-from digit_contract import INPUT_SHAPE, METADATA_FILE, Style, list_versions
+from digit_contract import INPUT_SHAPE, LITERT_FILE, METADATA_FILE, Style
 
 logger = logging.getLogger("digits.registry")
 
 
 class ModelNotFound(LookupError):
-    """No usable model of that style; the message names the ones that are served."""
+    """No usable model of that style, version or label; the message names what is served."""
 
     def __init__(self, message: str, status: str):
         super().__init__(message)
@@ -31,14 +33,13 @@ class LoadedModel:
 
     style: Style
     version: int
-    versions: tuple[int, ...]
     device: str
     path: Path
     metadata: dict
     run: Runner
     runtime: Runtime = Runtime.tensorflow
-    # Versions above `version` that failed to load; empty when the newest one serves.
-    skipped: tuple[str, ...] = ()
+    loaded_at: float = 0.0      # time.time() when it was ready
+    load_seconds: float = 0.0   # loading and warming up
     # What the runner needs kept alive (the loaded SavedModel, or the interpreter).
     keep: object = dataclasses.field(default=None, repr=False, compare=False)
 
@@ -46,84 +47,123 @@ class LoadedModel:
         """Class probabilities [n, 10] for float32 images [n, 28, 28, 1]."""
         return self.run(images)
 
+    @property
+    def source(self) -> str:
+        """The file it runs, relative to the model directory (no path of this machine)."""
+        name = LITERT_FILE if self.runtime == Runtime.litert else "saved_model.pb"
+        return f"{self.style.value}/{self.version}/{name}"
+
+
+class ServedVersion:
+    """A loaded version and its batch queue, with a count of the requests using it.
+
+    A request holds it (`with served:`) from the moment it picks its version until its
+    answer is built, so a version swapped out finishes every request that started on it:
+    `retire` waits for the count to reach zero before it stops the queue.
+    """
+
+    def __init__(self, model: LoadedModel, batcher: Batcher):
+        self.model = model
+        self.batcher = batcher
+        self.users = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> ServedVersion:
+        self.users += 1
+        self._idle.clear()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.users -= 1
+        if not self.users:
+            self._idle.set()
+
+    async def retire(self) -> None:
+        await self._idle.wait()
+        await self.batcher.stop()
+
 
 @dataclasses.dataclass(frozen=True)
-class UnavailableModel:
-    """A style that could not be loaded, and why."""
+class StyleState:
+    """What one style serves now, and why any other version on disk is not served."""
 
     style: Style
-    status: str  # "missing" or "failed"
-    reason: str
-    versions: tuple[int, ...] = ()
+    served: dict[int, ServedVersion] = dataclasses.field(default_factory=dict)
+    default: int | None = None               # the version requests naming none get
+    labels: dict[str, int] = dataclasses.field(default_factory=dict)  # each to a served one
+    on_disk: tuple[int, ...] = ()
+    problems: dict[int, str] = dataclasses.field(default_factory=dict)  # version -> why not
+    label_problem: str | None = None
+    policy: str = "latest"
+
+    @property
+    def status(self) -> str:
+        if self.served:
+            return "ready"
+        return "failed" if self.on_disk else "missing"
+
+    def reason(self) -> str:
+        if not self.on_disk:
+            return ("No version directory in the model directory. Train one with: "
+                    f"python -m training --style {self.style.value}")
+        return "; ".join(f"version {v}: {why}" for v, why in sorted(self.problems.items())
+                         ) or "no version chosen by the version policy could be loaded"
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelRegistry:
-    loaded: dict[Style, LoadedModel]
-    unavailable: dict[Style, UnavailableModel]
+    """One immutable snapshot of what is served. A reload builds a new one and swaps it in
+    whole, so a request sees one consistent set of versions and labels."""
 
-    def get(self, style: Style) -> LoadedModel:
-        if style in self.loaded:
-            return self.loaded[style]
-        served = ", ".join(s.value for s in self.loaded) or "none"
-        problem = self.unavailable.get(style)
-        why = f": {problem.reason}" if problem else ""
-        raise ModelNotFound(f"Model '{style.value}' is not being served{why}. "
-                            f"Available models: {served}.",
-                            status=problem.status if problem else "missing")
+    styles: dict[Style, StyleState]
 
+    @property
+    def loaded(self) -> dict[Style, LoadedModel]:
+        """Each ready style's default version."""
+        return {style: state.served[state.default].model
+                for style, state in self.styles.items() if state.served}
 
-def load_registry(model_dir: Path, device: str, runtime: Runtime = Runtime.auto,
-                  threads: int = 1) -> ModelRegistry:
-    """Load every style found under `model_dir`; one broken style never stops the others."""
-    loaded, unavailable = {}, {}
-    for style in Style:
-        result = load_style(model_dir / style.value, style, device, runtime, threads)
-        if isinstance(result, LoadedModel):
-            loaded[style] = result
-            logger.info("loaded %s version %d on %s with %s from %s", style.value,
-                        result.version, device, result.runtime.value, result.path)
-        else:
-            unavailable[style] = result
-            logger.warning("model %s unavailable (%s) in %s: %s", style.value, result.status,
-                           model_dir / style.value, result.reason)
-    return ModelRegistry(loaded=loaded, unavailable=unavailable)
-
-
-def load_style(style_dir: Path, style: Style, device: str, runtime: Runtime = Runtime.auto,
-               threads: int = 1) -> LoadedModel | UnavailableModel:
-    """The highest version that loads and answers a warm-up call; older ones as fallback."""
-    versions = tuple(list_versions(style_dir))
-    if not versions:
-        return UnavailableModel(style, "missing",
-                                "No version directory in the model directory. Train one "
-                                f"with: python -m training --style {style.value}")
-    failures = []
-    for version in reversed(versions):
-        try:
-            model = load_version(style_dir / str(version), style, version, versions, device,
-                                 runtime, threads)
-        except Exception as error:  # noqa: BLE001 - any failure means "try the next one"
-            # The public reason names the error's kind only: its message may hold paths of
-            # this machine, which the log keeps.
-            failures.append(f"version {version}: {error.__class__.__name__} (see the log)")
-            logger.error("cannot load %s version %d from %s: %s", style.value, version,
-                         style_dir / str(version), error)
-            continue
-        return dataclasses.replace(model, skipped=tuple(failures))
-    return UnavailableModel(style, "failed", "; ".join(failures), versions)
+    def resolve(self, style: Style, version: int | None = None,
+                label: str | None = None) -> ServedVersion:
+        """The served version a request should use: `version`, `label`'s, or the default."""
+        state = self.styles.get(style) or StyleState(style)
+        if not state.served:
+            served = ", ".join(s.value for s in self.loaded) or "none"
+            raise ModelNotFound(f"Model '{style.value}' is not being served: "
+                                f"{state.reason()}. Available models: {served}.",
+                                status=state.status)
+        if label is not None:
+            if label not in state.labels:
+                raise ModelNotFound(
+                    f"Model '{style.value}' has no label '{label}'. Labels: "
+                    f"{', '.join(sorted(state.labels)) or 'none'}.", status="missing")
+            version = state.labels[label]
+        if version is None:
+            return state.served[state.default]
+        if version not in state.served:
+            why = state.problems.get(version)
+            raise ModelNotFound(
+                f"Version {version} of '{style.value}' is not being served"
+                f"{': ' + why if why else ''}. Served versions: "
+                f"{', '.join(map(str, sorted(state.served)))}.",
+                status="failed" if why and version in state.on_disk else "missing")
+        return state.served[version]
 
 
-def load_version(path: Path, style: Style, version: int, versions: tuple[int, ...],
-                 device: str, runtime: Runtime = Runtime.auto, threads: int = 1) -> LoadedModel:
+def load_version(path: Path, style: Style, version: int, device: str,
+                 runtime: Runtime = Runtime.auto, threads: int = 1) -> LoadedModel:
+    """Load one version directory and warm it up; any failure raises."""
+    started = time.perf_counter()
     metadata = json.loads((path / METADATA_FILE).read_text())
     check_metadata(metadata)
     runtime = choose(runtime, device, path)
     run, keep = load(runtime, path, device, threads)
-    model = LoadedModel(style=style, version=version, versions=versions, device=device,
-                        path=path, metadata=metadata, run=run, runtime=runtime, keep=keep)
+    model = LoadedModel(style=style, version=version, device=device, path=path,
+                        metadata=metadata, run=run, runtime=runtime, keep=keep)
     warm_up(model)
-    return model
+    return dataclasses.replace(model, loaded_at=time.time(),
+                               load_seconds=time.perf_counter() - started)
 
 
 def check_metadata(metadata) -> None:

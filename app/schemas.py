@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import BaseModel, Field
 
 from digit_contract import Style
@@ -61,16 +63,49 @@ class PredictResponse(BaseModel):
                     "image that could not be read.")
 
 
+class VersionInfo(BaseModel):
+    version: int
+    status: str = Field(description="ready (served); available (on disk, not chosen by the "
+                        "version policy or a label); failed (could not be loaded or warmed "
+                        "up); missing (named by the policy, not on disk).")
+    labels: list[str] = Field(default_factory=list, description="Labels naming it.")
+    default: bool = Field(False, description="What requests naming no version get.")
+    device: str | None = None
+    runtime: str | None = Field(None, description="litert or tensorflow (see DIGITS_RUNTIME).")
+    source: str | None = Field(None, description="The file it runs, in the model directory.",
+                               examples=["sequential/2/model.tflite"])
+    loaded_at: datetime | None = None
+    load_seconds: float | None = Field(None, description="Loading and warming it up took.")
+    total_params: int | None = None
+    metrics: dict[str, float | int] = Field(default_factory=dict)
+    detail: str | None = Field(None, description="Why it is not served.")
+
+
 class ModelInfo(BaseModel):
     name: Style
     status: str = Field(description="ready, missing or failed")
-    version: int | None = None
+    version: int | None = Field(None, description="The default version: what requests "
+                                "naming no version get.")
     versions: list[int] = Field(default_factory=list, description="Versions found on disk.")
     device: str | None = None
     runtime: str | None = Field(None, description="litert or tensorflow (see DIGITS_RUNTIME).")
     total_params: int | None = None
     metrics: dict[str, float | int] = Field(default_factory=dict)
     detail: str | None = Field(None, description="Why a model or a newer version isn't served.")
+    policy: str = Field("latest", description="Which versions are served "
+                        "(DIGITS_MODEL_VERSIONS): latest, latest:N, all or a list.")
+    labels: dict[str, int] = Field(default_factory=dict,
+                                   description="Label -> version (models/<style>/labels.json).")
+    served: list[VersionInfo] = Field(default_factory=list,
+                                      description="Every loaded version, with its state.")
+
+
+class VersionList(BaseModel):
+    name: Style
+    default: int | None
+    labels: dict[str, int]
+    versions: list[VersionInfo] = Field(description="Every version on disk or named by the "
+                                        "policy, ascending.")
 
 
 class ModelList(BaseModel):

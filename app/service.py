@@ -13,18 +13,20 @@ from app.batching import Batcher, BatchResult
 from app.decoding import DecodeLimits, ImageError, inspect_prefix
 from app.observability import Metrics
 from app.preprocess_workers import PreprocessWorkers, WorkerLimits, as_upload_error
-from app.registry import LoadedModel, ModelRegistry
+from app.registry import LoadedModel, ModelRegistry, ServedVersion
 from app.schemas import ImageFailure, Prediction, PredictionError, PredictResponse
 from app.settings import Settings
 from app.uploads import Upload
-from digit_contract import scale_pixels
+from digit_contract import Style, scale_pixels
 
 
 class PredictionService:
-    """Owns the model registry, the preprocessing workers and one batcher per model."""
+    """Owns the registry snapshot, the preprocessing workers and one batcher per served
+    model version."""
 
-    def __init__(self, registry: ModelRegistry, settings: Settings, metrics: Metrics):
-        self.registry = registry
+    def __init__(self, settings: Settings, metrics: Metrics):
+        # Replaced whole by app.lifecycle on each change; requests resolve against it.
+        self.registry = ModelRegistry({})
         self.settings = settings
         self.metrics = metrics
         self.preprocess = PreprocessWorkers(
@@ -35,18 +37,21 @@ class PredictionService:
             max_request_pixels=settings.max_request_pixels,
             max_waiting_images=settings.max_queue_images,
             on_restart=lambda reason: metrics.decoder_restarts.labels(reason).inc())
-        self.batchers = {
-            style: Batcher(model_on_pixels(model), prepare=self.preprocess,
-                           cheap=self.preprocess.cheap,
-                           max_batch_size=settings.max_batch_size,
-                           timeout_s=settings.batch_timeout_ms / 1000,
-                           max_queue_images=settings.max_queue_images, name=style.value,
-                           observe=metrics.batch_observer(style.value))
-            for style, model in registry.loaded.items()
-        }
         # Each request observes this; a series looked up per request costs a lock and more.
         self._images_per_request = {style: metrics.images_per_request.labels(style.value)
-                                    for style in self.batchers}
+                                    for style in Style}
+
+    def serve(self, model: LoadedModel) -> ServedVersion:
+        """A running batch queue for a loaded version (on the event loop)."""
+        settings = self.settings
+        batcher = Batcher(model_on_pixels(model), prepare=self.preprocess,
+                          cheap=self.preprocess.cheap, max_batch_size=settings.max_batch_size,
+                          timeout_s=settings.batch_timeout_ms / 1000,
+                          max_queue_images=settings.max_queue_images,
+                          name=f"{model.style.value}-v{model.version}",
+                          observe=self.metrics.batch_observer(model.style.value))
+        batcher.start()
+        return ServedVersion(model, batcher)
 
     def inspect_body_prefix(self, prefix: bytes) -> None:
         """Refuse a single-image body from its first bytes (see `decoding.inspect_prefix`),
@@ -58,21 +63,21 @@ class PredictionService:
 
     def start(self) -> None:
         self.preprocess.start()
-        for batcher in self.batchers.values():
-            batcher.start()
 
     async def stop(self) -> None:
-        for batcher in self.batchers.values():
-            await batcher.stop()
+        for state in self.registry.styles.values():
+            for served in state.served.values():
+                await served.batcher.stop()
         self.preprocess.close()
 
-    async def predict(self, model: LoadedModel, uploads: list[Upload],
+    async def predict(self, served: ServedVersion, uploads: list[Upload],
                       debug: bool) -> PredictResponse:
+        model = served.model
         self._images_per_request[model.style].observe(len(uploads))
         payload = self.preprocess.in_batch(uploads)
         if payload is None:
             payload = await self.preprocess.prepare_ahead(uploads)
-        result = await self.batchers[model.style].submit(payload, size=len(uploads))
+        result = await served.batcher.submit(payload, size=len(uploads))
         for error in result.errors.values():
             self.metrics.image_errors.labels(model.style.value,
                                              str(getattr(error, "status_code", 400))).inc()

@@ -6,10 +6,11 @@ import os
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.runtimes import Runtime
+from app.versions import VersionPolicy, parse_policies
 from digit_contract import Style
 
 
@@ -25,6 +26,13 @@ class Settings(BaseSettings):
     model_dir: Path = Field(Path("models"), description="Where models/<style>/<version>/ live.")
     device: DeviceChoice = Field(
         DeviceChoice.auto, description="auto: first GPU if any, else CPU; gpu: fail without one.")
+    model_poll_seconds: float = Field(
+        5.0, ge=0, description="How often the model directory is read for new, removed or "
+        "relabelled versions, which go live without a restart; 0: read once at start-up.")
+    model_versions: str = Field(
+        "", description="Versions served per style: `latest` (the default), `latest:N`, "
+        "`all` or a list, e.g. `sequential=1,2;functional=latest:2`. Labelled versions "
+        "(models/<style>/labels.json) are served too.")
     default_model: Style = Field(Style.sequential, description="Style used by POST /predict.")
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest request body.")
     max_images_per_request: int = Field(256, gt=0)
@@ -96,6 +104,15 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="Port for `python -m app`.")
     workers: int = Field(1, ge=1, description="Server processes for `python -m app`, each "
                          "with its own copy of the models and its own batches.")
+
+    @field_validator("model_versions")
+    @classmethod
+    def _valid_policies(cls, value: str) -> str:
+        parse_policies(value)  # its ValueError names what is wrong
+        return value
+
+    def version_policies(self) -> dict[Style, VersionPolicy]:
+        return parse_policies(self.model_versions)
 
     def model_threads(self) -> int:
         """`cpu_threads`, or this process's share of the cores it may run on."""

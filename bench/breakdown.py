@@ -46,17 +46,18 @@ def serve(stage: str, port: int) -> None:
 
         predict_route._predict = parse_and_answer
     elif stage in ("+ batcher", "+ model"):
-        original_init = service_module.PredictionService.__init__
+        original_serve = service_module.PredictionService.serve
 
-        def init(self, registry, settings, metrics):
-            original_init(self, registry, settings, metrics)
-            for batcher in self.batchers.values():
-                batcher._prepare = lambda payloads: [np.zeros((len(p), 28, 28), np.uint8)
-                                                     for p in payloads]
-                if stage == "+ batcher":
-                    batcher._predict = lambda batch: np.full((len(batch), 10), 0.1, np.float32)
+        def serve(self, model):
+            served = original_serve(self, model)
+            served.batcher._prepare = lambda payloads: [np.zeros((len(p), 28, 28), np.uint8)
+                                                        for p in payloads]
+            if stage == "+ batcher":
+                served.batcher._predict = lambda batch: np.full((len(batch), 10), 0.1,
+                                                                np.float32)
+            return served
 
-        service_module.PredictionService.__init__ = init
+        service_module.PredictionService.serve = serve
     uvicorn.run(create_app(Settings(log_level="warning")), host="127.0.0.1", port=port,
                 log_level="warning", loop="uvloop", http="httptools")
 

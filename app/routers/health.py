@@ -23,8 +23,7 @@ async def healthz() -> Health:
 @router.get("/readyz", responses={503: {"model": Health}})
 async def readyz(service: ServiceDep) -> Health:
     """Readiness: 200 once every available model is loaded and warmed up."""
-    statuses = {style.value: "ready" for style in service.registry.loaded}
-    statuses.update({s.value: p.status for s, p in service.registry.unavailable.items()})
+    statuses = {style.value: state.status for style, state in service.registry.styles.items()}
     if not service.registry.loaded:
         return JSONResponse(status_code=503, content=Health(status="no model loaded",
                                                             models=statuses).model_dump())

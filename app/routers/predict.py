@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
@@ -112,14 +112,39 @@ def _debug(request: Request) -> bool:
                                       for problem in error.errors(include_url=False)]) from None
 
 
-async def _predict(request: Request, style: Style, debug: bool) -> Response:
+@router.post("/models/{style}/versions/{version}/predict",
+             openapi_extra=REQUEST_BODY, response_model=PredictResponse,
+             responses=PREDICT_ERRORS)
+async def predict_with_version(request: Request, style: Style, version: int,
+                               debug: bool = Query(False, description=DEBUG_DESCRIPTION)
+                               ) -> Response:
+    """Classify one or more digit images with one version of a style (any served one:
+    see GET /models/{style}/versions)."""
+    return await _predict(request, style, debug, version=version)
+
+
+@router.post("/models/{style}/labels/{label}/predict",
+             openapi_extra=REQUEST_BODY, response_model=PredictResponse,
+             responses=PREDICT_ERRORS)
+async def predict_with_label(request: Request, style: Style, label: str,
+                             debug: bool = Query(False, description=DEBUG_DESCRIPTION)
+                             ) -> Response:
+    """Classify one or more digit images with the version a label (stable, canary...)
+    names in models/{style}/labels.json."""
+    return await _predict(request, style, debug, label=label)
+
+
+async def _predict(request: Request, style: Style, debug: bool, version: int | None = None,
+                   label: str | None = None) -> Response:
     service, settings = request.state.service, request.state.settings
     request.state.model = style.value
-    model = service.registry.get(style)  # fails before the body is read
-    uploads = await read_uploads(request, settings.max_upload_bytes,
-                                 settings.max_images_per_request, settings.body_timeout_s,
-                                 inspect_image=service.inspect_body_prefix)
-    request.state.images = len(uploads)
-    answer = await service.predict(model, uploads, debug)
+    # Fails before the body is read. The request keeps this version to its end, even if a
+    # newer one is swapped in meanwhile (app.lifecycle).
+    with service.registry.resolve(style, version, label) as served:
+        uploads = await read_uploads(request, settings.max_upload_bytes,
+                                     settings.max_images_per_request, settings.body_timeout_s,
+                                     inspect_image=service.inspect_body_prefix)
+        request.state.images = len(uploads)
+        answer = await service.predict(served, uploads, debug)
     # Serialised by pydantic-core straight to JSON bytes: this is the hot path.
     return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")

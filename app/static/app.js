@@ -5,7 +5,8 @@
 const pad = document.getElementById("pad");
 const context = pad.getContext("2d");
 const statusLine = document.getElementById("status");
-const cards = new Map(); // style -> card element
+const cards = []; // the model cards on the page, in order: each asks one version
+const models = new Map(); // style -> its entry in GET /models
 
 function setStatus(text, isError = false) {
   statusLine.textContent = text;
@@ -47,40 +48,106 @@ async function loadModels() {
     askForKey();
     return;
   }
-  const { models } = await response.json();
-  const container = document.getElementById("models");
-  container.replaceChildren();
-  cards.clear();
-  for (const model of models) {
-    const card = document.getElementById("model-card").content.firstElementChild.cloneNode(true);
-    card.dataset.style = model.name;
-    card.querySelector(".name").textContent = model.name;
-    const bars = card.querySelector(".bars");
-    for (let digit = 0; digit < 10; digit++) {
-      const item = document.createElement("li");
-      item.innerHTML = `<span>${digit}</span><span class="track"><span class="fill"></span></span>` +
-        `<span class="value">&ndash;</span>`;
-      bars.append(item);
-    }
-    if (model.status === "ready") {
-      const accuracy = model.metrics.val_accuracy;
-      card.querySelector(".facts").textContent =
-        `v${model.version} · ${model.total_params.toLocaleString()} params · ` +
-        (accuracy !== undefined ? `${(accuracy * 100).toFixed(2)}% validation · ` : "") +
-        `${model.device} (${model.runtime})`;
-      loadSummary(model.name, card);
-    } else {
-      card.classList.add("unavailable");
-      card.querySelector(".facts").textContent = `${model.status}: ${model.detail || ""}`;
-    }
-    cards.set(model.name, card);
-    container.append(card);
+  const listing = await response.json();
+  document.getElementById("models").replaceChildren();
+  cards.length = 0;
+  models.clear();
+  for (const model of listing.models) {
+    models.set(model.name, model);
+    addCard(model.name, model.version);
   }
 }
 
-async function loadSummary(style, card) {
-  const response = await api(`/models/${style}/summary`);
-  if (!response.ok) return;
+// A card for one style, showing `version` (its default to start with). Styles that serve
+// several versions get a version picker and "Compare" (another card for the same style,
+// on another version, beside this one).
+function addCard(style, version, after = null) {
+  const model = models.get(style);
+  const card = document.getElementById("model-card").content.firstElementChild.cloneNode(true);
+  card.dataset.style = style;
+  card.querySelector(".name").textContent = style;
+  const bars = card.querySelector(".bars");
+  for (let digit = 0; digit < 10; digit++) {
+    const item = document.createElement("li");
+    item.innerHTML = `<span>${digit}</span><span class="track"><span class="fill"></span></span>` +
+      `<span class="value">&ndash;</span>`;
+    bars.append(item);
+  }
+  if (model.status === "ready") {
+    const picker = card.querySelector(".version");
+    for (const served of model.served) {
+      const names = [...served.labels, ...(served.default ? ["default"] : [])];
+      picker.add(new Option(`v${served.version}` +
+        (names.length ? ` (${[...new Set(names)].join(", ")})` : ""), served.version));
+    }
+    picker.disabled = model.served.length < 2;
+    picker.addEventListener("change", () => showVersion(card, Number(picker.value)));
+    const compare = card.querySelector(".compare");
+    compare.hidden = model.served.length < 2;
+    compare.addEventListener("click", () => {
+      const other = model.served.find((v) => v.version !== Number(card.dataset.version));
+      addCard(style, other.version, card);
+    });
+    showVersion(card, version);
+  } else {
+    card.classList.add("unavailable");
+    card.querySelector(".version").hidden = true;
+    card.querySelector(".facts").textContent = `${model.status}: ${model.detail || ""}`;
+  }
+  const remove = card.querySelector(".remove");
+  remove.hidden = after === null;
+  remove.addEventListener("click", () => {
+    cards.splice(cards.indexOf(card), 1);
+    card.remove();
+  });
+  if (after) {
+    after.after(card);
+    cards.splice(cards.indexOf(after) + 1, 0, card);
+  } else {
+    document.getElementById("models").append(card);
+    cards.push(card);
+  }
+  return card;
+}
+
+function showVersion(card, version) {
+  const style = card.dataset.style;
+  const served = models.get(style).served.find((v) => v.version === version);
+  card.dataset.version = version;
+  card.querySelector(".version").value = version;
+  const accuracy = served.metrics.val_accuracy;
+  card.querySelector(".facts").textContent =
+    `${served.total_params.toLocaleString()} params · ` +
+    (accuracy !== undefined ? `${(accuracy * 100).toFixed(2)}% validation · ` : "") +
+    `${served.device} (${served.runtime})`;
+  card.querySelector(".digit").textContent = "–";
+  card.querySelector(".confidence").textContent = "";
+  card.querySelector(".preview").removeAttribute("src");
+  card.querySelectorAll(".bars li").forEach((item) => {
+    item.querySelector(".fill").style.width = "0";
+    item.querySelector(".value").textContent = "–";
+    item.classList.remove("top");
+  });
+  card.querySelector(".summary tbody").replaceChildren();
+  loadSummary(style, version, card);
+}
+
+// What a card is called in the status line and the table: "sequential v2".
+function cardName(card) {
+  return `${card.dataset.style} v${card.dataset.version}`;
+}
+
+function predictPath(card) {
+  return `/models/${card.dataset.style}/versions/${card.dataset.version}/predict`;
+}
+
+function readyCards() {
+  return cards.filter((card) => !card.classList.contains("unavailable"));
+}
+
+async function loadSummary(style, version, card) {
+  const response = await api(`/models/${style}/versions/${version}/summary`);
+  if (!response.ok || card.dataset.version !== String(version)) return;
   const summary = await response.json();
   const body = card.querySelector("tbody");
   for (const layer of summary.layers) {
@@ -117,33 +184,39 @@ function showPrediction(card, prediction) {
 
 // ---- asking the models -----------------------------------------------------------------
 
+// Whether any answer failed, after dealing with it: the key asked for, the error shown,
+// and the model list reloaded when a version the page offered has been unloaded meanwhile.
+function failedAnswers(answers, fallback) {
+  if (answers.some((answer) => answer.status === 401)) {
+    askForKey();
+    return true;
+  }
+  const failure = answers.find((answer) => !answer.ok);
+  if (!failure) return false;
+  setStatus(failure.body.detail || fallback, true);
+  if (failure.status === 404) loadModels(); // the service's versions changed
+  return true;
+}
+
 let latestRequest = 0;
 
 async function classify(blob) {
   const requestId = ++latestRequest;
   setStatus("Asking the models…");
-  const ready = [...cards.entries()].filter(([, card]) => !card.classList.contains("unavailable"));
-  const answers = await Promise.all(ready.map(async ([style, card]) => {
-    const response = await api(`/models/${style}/predict?debug=true`, {
+  const answers = await Promise.all(readyCards().map(async (card) => {
+    const response = await api(`${predictPath(card)}?debug=true`, {
       method: "POST",
       headers: { "Content-Type": blob.type || "application/octet-stream" },
       body: blob,
     });
     const body = await response.json();
-    return { style, card, ok: response.ok, status: response.status, body };
+    return { card, ok: response.ok, status: response.status, body };
   }));
   if (requestId !== latestRequest) return; // a newer drawing is on its way
-  if (answers.some((answer) => answer.status === 401)) {
-    askForKey();
-    return;
-  }
-  const failure = answers.find((answer) => !answer.ok);
-  if (failure) {
-    setStatus(failure.body.detail || "The service could not read that image.", true);
-    return;
-  }
+  if (failedAnswers(answers, "The service could not read that image.")) return;
   for (const { card, body } of answers) showPrediction(card, body.predictions[0]);
-  setStatus(answers.map(({ style, body }) => `${style}: ${body.predictions[0].digit}`).join(" · "));
+  setStatus(answers.map(({ card, body }) => `${cardName(card)}: ${body.predictions[0].digit}`)
+    .join(" · "));
 }
 
 // ---- drawing ---------------------------------------------------------------------------
@@ -204,24 +277,14 @@ pad.addEventListener("keydown", (event) => {
 async function classifyMany(files) {
   const requestId = ++latestRequest;
   setStatus(`Asking the models about ${files.length} images…`);
-  const ready = [...cards.keys()].filter((style) =>
-    !cards.get(style).classList.contains("unavailable"));
-  const answers = await Promise.all(ready.map(async (style) => {
+  const answers = await Promise.all(readyCards().map(async (card) => {
     const form = new FormData();
     for (const file of files) form.append("file", file, file.name);
-    const response = await api(`/models/${style}/predict`, { method: "POST", body: form });
-    return { style, ok: response.ok, status: response.status, body: await response.json() };
+    const response = await api(predictPath(card), { method: "POST", body: form });
+    return { card, ok: response.ok, status: response.status, body: await response.json() };
   }));
   if (requestId !== latestRequest) return;
-  if (answers.some((answer) => answer.status === 401)) {
-    askForKey();
-    return;
-  }
-  const failure = answers.find((answer) => !answer.ok);
-  if (failure) {
-    setStatus(failure.body.detail || "The service could not read those images.", true);
-    return;
-  }
+  if (failedAnswers(answers, "The service could not read those images.")) return;
   showBatch(files, answers);
   const unread = answers[0].body.predictions.filter((p) => p.error).length;
   setStatus(`${files.length - unread} of ${files.length} images read` +
@@ -232,10 +295,10 @@ function showBatch(files, answers) {
   const batch = document.getElementById("batch");
   const head = batch.querySelector("thead tr");
   head.replaceChildren(head.firstElementChild);
-  for (const { style } of answers) {
+  for (const { card } of answers) {
     const th = document.createElement("th");
     th.scope = "col";
-    th.textContent = style;
+    th.textContent = cardName(card);
     head.append(th);
   }
   const body = batch.querySelector("tbody");

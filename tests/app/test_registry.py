@@ -12,14 +12,20 @@ from fastapi.testclient import TestClient
 
 from app.devices import DeviceUnavailable, select_device
 from app.main import create_app
-from app.registry import load_style
+from app.registry import load_version
 from app.runtimes import Runtime
 from app.settings import DeviceChoice, Settings
-from digit_contract import LITERT_FILE, Style
+from digit_contract import LITERT_FILE, Style, list_versions
 from tests.conftest import REPO_ROOT
 from tests.images import draw_one, encode
 
 PNG = encode(draw_one())
+
+
+def load_style(style_dir, style, device, runtime=Runtime.auto):
+    """The style's newest version, loaded and warmed up as the service does."""
+    version = list_versions(style_dir)[-1]
+    return load_version(style_dir / str(version), style, version, device, runtime)
 
 
 @pytest.fixture
