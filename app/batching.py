@@ -85,6 +85,10 @@ def _never(payloads: list[Any]) -> bool:
     return False
 
 
+def _concatenate(inputs: list[np.ndarray]) -> np.ndarray:
+    return inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
+
+
 class Batcher:
     """Queues requests for one model and runs them in batches.
 
@@ -95,17 +99,21 @@ class Batcher:
             batch thread, and an exception fails that request alone.
         cheap: whether preparing these payloads is cheap enough (a few ms at most) to do
             on the event loop rather than in the batch thread.
+        combine: the model's batch from the prepared inputs of its requests (by default,
+            concatenated).
     """
 
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], *, max_batch_size: int,
                  timeout_s: float, max_queue_images: int,
                  prepare: Callable[[list[Any]], list[np.ndarray | Exception]] = _identity,
                  cheap: Callable[[list[Any]], bool] = _never,
+                 combine: Callable[[list[np.ndarray]], np.ndarray] = _concatenate,
                  name: str = "model",
                  observe: BatchObserver | None = None):
         self._predict = predict
         self._prepare = prepare
         self._cheap = cheap
+        self._combine = combine
         self.max_batch_size = max_batch_size
         self.timeout_s = timeout_s
         self.max_queue_images = max_queue_images
@@ -243,7 +251,7 @@ class Batcher:
             return outcomes
         errors = {i: outcomes[i].errors for i in ready if isinstance(outcomes[i], Partial)}
         inputs = [_inputs_of(outcomes[i]) for i in ready]
-        batch = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
+        batch = self._combine(inputs)
         started = time.perf_counter()
         try:
             outputs = self._predict_in_chunks(batch)
@@ -274,7 +282,7 @@ class Batcher:
     def _predict_alone(self, inputs: np.ndarray,
                        errors: dict[int, Exception]) -> BatchResult | Exception:
         try:
-            return BatchResult(inputs, self._predict_in_chunks(inputs), errors)
+            return BatchResult(inputs, self._predict_in_chunks(self._combine([inputs])), errors)
         except Exception as error:  # noqa: BLE001
             return error
 

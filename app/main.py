@@ -25,6 +25,7 @@ from app.batching import QueueFull
 from app.metrics_server import serve_metrics
 from app.middleware import RefuseEncodedSlashes, ShedOnShutdown
 from app.observability import AccessLogMiddleware, Metrics, configure_logging
+from app.protocols import oip_rest
 from app.registry import ModelNotFound
 from app.routers import health, models, predict
 from app.settings import Settings
@@ -108,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(oip_rest.router)
     if not settings.metrics_port:
         app.include_router(health.metrics_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -44,8 +44,8 @@ class PredictionService:
     def serve(self, model: LoadedModel) -> ServedVersion:
         """A running batch queue for a loaded version (on the event loop)."""
         settings = self.settings
-        batcher = Batcher(model_on_pixels(model), prepare=self.preprocess,
-                          cheap=self.preprocess.cheap, max_batch_size=settings.max_batch_size,
+        batcher = Batcher(model.predict, prepare=self.preprocess, cheap=self.preprocess.cheap,
+                          combine=model_batch, max_batch_size=settings.max_batch_size,
                           timeout_s=settings.batch_timeout_ms / 1000,
                           max_queue_images=settings.max_queue_images,
                           name=f"{model.style.value}-v{model.version}",
@@ -72,6 +72,13 @@ class PredictionService:
 
     async def predict(self, served: ServedVersion, uploads: list[Upload],
                       debug: bool) -> PredictResponse:
+        result = await self.classify(served, uploads)
+        if debug:  # encoding a PNG per image is CPU work: keep it off the event loop
+            return await run_in_threadpool(build_response, served.model, result, True)
+        return build_response(served.model, result, False)
+
+    async def classify(self, served: ServedVersion, uploads: list[Upload]) -> BatchResult:
+        """Images -> their digits (prepared here) and probabilities, in the model's queue."""
         model = served.model
         self._images_per_request[model.style].observe(len(uploads))
         payload = self.preprocess.in_batch(uploads)
@@ -81,17 +88,24 @@ class PredictionService:
         for error in result.errors.values():
             self.metrics.image_errors.labels(model.style.value,
                                              str(getattr(error, "status_code", 400))).inc()
-        if debug:  # encoding a PNG per image is CPU work: keep it off the event loop
-            return await run_in_threadpool(build_response, model, result, True)
-        return build_response(model, result, False)
+        return result
+
+    async def run_tensor(self, served: ServedVersion, tensor: np.ndarray) -> np.ndarray:
+        """float32 [n, 28, 28, 1] model inputs, as sent -> probabilities [n, 10]. They join
+        the same queue, and share model calls, with image requests."""
+        self._images_per_request[served.model.style].observe(len(tensor))
+        return (await served.batcher.submit(tensor, size=len(tensor))).outputs
 
 
-def model_on_pixels(model: LoadedModel):
-    """The model as a function of uint8 [n, 28, 28] digits, scaled as in training."""
-    def predict(pixels: np.ndarray) -> np.ndarray:
-        return model.predict(scale_pixels(pixels)[..., np.newaxis])
-
-    return predict
+def model_batch(inputs: list[np.ndarray]) -> np.ndarray:
+    """One model batch, float32 [n, 28, 28, 1], from its requests' inputs: uint8 digits
+    [m, 28, 28] (images, prepared here; scaled as in training) or float32 tensors
+    [m, 28, 28, 1] (sent as such by protocol clients, app.protocols), which share a call."""
+    if all(x.dtype == np.uint8 for x in inputs):
+        pixels = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
+        return scale_pixels(pixels)[..., np.newaxis]
+    return np.concatenate([scale_pixels(x)[..., np.newaxis] if x.dtype == np.uint8 else x
+                           for x in inputs])
 
 
 def build_response(model: LoadedModel, result: BatchResult, debug: bool) -> PredictResponse:

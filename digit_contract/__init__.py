@@ -50,5 +50,7 @@ def list_versions(style_dir: Path) -> list[int]:
     return sorted(
         int(entry.name)
         for entry in style_dir.iterdir()
-        if entry.is_dir() and entry.name.isdigit()
+        # ASCII digits only ('²' is a digit to str.isdigit, not to int), and few of them.
+        if entry.is_dir() and entry.name.isascii() and entry.name.isdigit()
+        and len(entry.name) <= 18
     )

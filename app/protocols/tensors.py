@@ -1,0 +1,253 @@
+"""Open Inference Protocol v2 tensors on the wire: JSON `data` and the binary tensor data
+extension (what `tritonclient` sends by default), read into numpy and written back.
+
+Pure functions of bytes and dicts; the routes (`app.protocols.oip_rest`) call them in a
+thread for large bodies. Every problem is a `ProtocolError` with the HTTP status the
+protocol gives it (400 for a malformed request, 413 over a limit).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import math
+import struct
+
+import numpy as np
+
+BINARY_HEADER = "inference-header-content-length"
+OUTPUT_NAME = "output_0"
+FP32 = "FP32"
+BYTES = "BYTES"
+# Bytes per element of the fixed-size datatypes a client may send (others are refused
+# with a clear message; the models take FP32 only).
+ELEMENT_SIZES = {"BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8, "INT8": 1,
+                 "INT16": 2, "INT32": 4, "INT64": 8, "FP16": 2, "FP32": 4, "FP64": 8}
+
+
+class ProtocolError(Exception):
+    """A request the protocol refuses: its HTTP status (gRPC maps it) and what to fix."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class InputTensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    value: np.ndarray | list[bytes]  # FP32 etc. as an array of `shape`; BYTES as a list
+
+
+@dataclasses.dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    inputs: list[InputTensor]
+    binary_output: bool  # answer with a binary tail rather than JSON `data`
+    outputs: tuple[str, ...]
+
+
+def parse_infer_request(body: bytes, header_length: str | None, max_elements: int
+                        ) -> InferRequest:
+    """The request of an `infer` call: JSON, or JSON then a binary tail when the header
+    `Inference-Header-Content-Length` gives the JSON's length."""
+    tail = b""
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise ProtocolError(400, f"Inference-Header-Content-Length {header_length!r} is "
+                                f"not a length within the {len(body):,}-byte body.")
+        split = int(header_length)
+        if split == 0:
+            raise ProtocolError(400, "Raw binary requests (Inference-Header-Content-Length "
+                                "0) are not supported: send a JSON header before the data.")
+        body, tail = body[:split], body[split:]
+    document = _load_json(body)
+    if not isinstance(document, dict) or not isinstance(document.get("inputs"), list) \
+            or not document["inputs"]:
+        raise ProtocolError(400, "The request must be a JSON object with a non-empty "
+                            "'inputs' list.")
+    reader = _Tail(tail)
+    inputs = [_read_input(item, reader, max_elements) for item in document["inputs"]]
+    if reader.left():
+        raise ProtocolError(400, f"{reader.left():,} bytes of binary data follow the inputs "
+                            "that no input's binary_data_size accounts for.")
+    parameters = _parameters(document, "request")
+    requested = document.get("outputs") or []
+    if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
+        raise ProtocolError(400, "'outputs' must be a list of objects with a 'name'.")
+    binary = bool(parameters.get("binary_data_output", False))
+    names = []
+    for output in requested:
+        names.append(output.get("name"))
+        if "binary_data" in _parameters(output, "output"):
+            binary = bool(output["parameters"]["binary_data"])
+    request_id = document.get("id")
+    return InferRequest(id=request_id if isinstance(request_id, str) else None,
+                        inputs=inputs, binary_output=binary, outputs=tuple(names))
+
+
+def _load_json(body: bytes):
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+        raise ProtocolError(400, f"The request is not valid JSON: {str(error)[:200]}") from None
+
+
+def _parameters(item: dict, what: str) -> dict:
+    parameters = item.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ProtocolError(400, f"The {what}'s 'parameters' must be an object.")
+    return parameters
+
+
+class _Tail:
+    """The binary tail, handed out in input order."""
+
+    def __init__(self, data: bytes):
+        self.data, self.offset = memoryview(data), 0
+
+    def take(self, size: int, name: str) -> memoryview:
+        if size > len(self.data) - self.offset:
+            raise ProtocolError(400, f"Input '{name}' declares binary_data_size {size:,} but "
+                                f"only {len(self.data) - self.offset:,} bytes are left.")
+        self.offset += size
+        return self.data[self.offset - size: self.offset]
+
+    def left(self) -> int:
+        return len(self.data) - self.offset
+
+
+def _read_input(item, tail: _Tail, max_elements: int) -> InputTensor:
+    if not isinstance(item, dict):
+        raise ProtocolError(400, "Each input must be an object with name, shape, datatype.")
+    name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+    if not isinstance(name, str) or not isinstance(datatype, str):
+        raise ProtocolError(400, "Each input needs a string 'name' and 'datatype'.")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise ProtocolError(400, f"Input '{name}': 'shape' must be a list of non-negative "
+                            "integers.")
+    count = math.prod(shape)
+    if count > max_elements:
+        raise ProtocolError(413, f"Input '{name}' has {count:,} elements; at most "
+                            f"{max_elements:,} are accepted.")
+    size = _parameters(item, "input").get("binary_data_size")
+    if size is not None:
+        if type(size) is not int or size < 0:
+            raise ProtocolError(400, f"Input '{name}': binary_data_size must be a "
+                                "non-negative integer.")
+        if "data" in item:
+            raise ProtocolError(400, f"Input '{name}' has both 'data' and binary data.")
+        raw = tail.take(size, name)
+        value = (_bytes_elements(raw, count, name) if datatype == BYTES
+                 else _fixed_elements(raw, datatype, shape, name))
+    elif "data" in item:
+        value = (_json_bytes(item["data"], count, name) if datatype == BYTES
+                 else _json_numbers(item["data"], datatype, shape, name))
+    else:
+        raise ProtocolError(400, f"Input '{name}' has neither 'data' nor binary_data_size.")
+    return InputTensor(name, datatype, tuple(shape), value)
+
+
+def _fixed_elements(raw: memoryview, datatype: str, shape: list[int], name: str
+                    ) -> np.ndarray:
+    if datatype != FP32:
+        raise _unsupported(datatype, name)
+    if len(raw) != 4 * math.prod(shape):
+        raise ProtocolError(400, f"Input '{name}': {len(raw):,} bytes of FP32 data for shape "
+                            f"{shape} (which needs {4 * math.prod(shape):,}).")
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
+
+
+def _json_numbers(data, datatype: str, shape: list[int], name: str) -> np.ndarray:
+    if datatype != FP32:
+        raise _unsupported(datatype, name)
+    try:
+        array = np.asarray(data, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise ProtocolError(400, f"Input '{name}': 'data' must be numbers, flat or nested "
+                            "as the shape.") from None
+    if array.size != math.prod(shape):
+        raise ProtocolError(400, f"Input '{name}': {array.size:,} values for shape {shape} "
+                            f"(which needs {math.prod(shape):,}).")
+    return array.reshape(shape)
+
+
+def _bytes_elements(raw: memoryview, count: int, name: str) -> list[bytes]:
+    """BYTES in binary: each element a little-endian uint32 length, then its bytes."""
+    elements, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ProtocolError(400, f"Input '{name}': BYTES data ends inside a length.")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if length > len(raw) - offset:
+            raise ProtocolError(400, f"Input '{name}': a BYTES element claims {length:,} "
+                                f"bytes; {len(raw) - offset:,} are left.")
+        elements.append(bytes(raw[offset: offset + length]))
+        offset += length
+        if len(elements) > count:
+            break
+    if len(elements) != count:
+        raise ProtocolError(400, f"Input '{name}': {len(elements)} BYTES elements for a "
+                            f"shape of {count} elements.")
+    return elements
+
+
+def _json_bytes(data, count: int, name: str) -> list[bytes]:
+    """BYTES in JSON: strings (nested or flat). An image cannot travel as JSON text, so each
+    element of an image input is base64 of the image, as the kserve SDK's users send it."""
+    flat = list(_flatten(data, name))
+    if len(flat) != count:
+        raise ProtocolError(400, f"Input '{name}': {len(flat)} BYTES elements for a shape of "
+                            f"{count} elements.")
+    elements = []
+    for k, element in enumerate(flat):
+        try:
+            elements.append(base64.b64decode(element, validate=True))
+        except (binascii.Error, ValueError):
+            raise ProtocolError(400, f"Input '{name}' element {k}: not valid base64 (in JSON, "
+                                "each BYTES element is an image in base64).") from None
+    return elements
+
+
+def _flatten(data, name: str, depth: int = 0):
+    if isinstance(data, str):
+        yield data
+    elif isinstance(data, list) and depth < 8:
+        for element in data:
+            yield from _flatten(element, name, depth + 1)
+    else:
+        raise ProtocolError(400, f"Input '{name}': BYTES 'data' must be strings.")
+
+
+def _unsupported(datatype: str, name: str) -> ProtocolError:
+    known = "a datatype this service does not know" if datatype not in ELEMENT_SIZES else \
+        "not what the model takes"
+    return ProtocolError(400, f"Input '{name}' is {datatype}, {known}: send FP32.")
+
+
+def encode_response(model_name: str, version: int, request: InferRequest,
+                    probabilities: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """The infer response body and its headers: FP32 [n, 10] as JSON `data`, or after the
+    JSON as a binary tail when the client asked for binary output."""
+    probabilities = np.ascontiguousarray(probabilities, dtype="<f4")
+    output = {"name": OUTPUT_NAME, "datatype": FP32, "shape": list(probabilities.shape)}
+    tail = b""
+    if request.binary_output:
+        tail = probabilities.tobytes()
+        output["parameters"] = {"binary_data_size": len(tail)}
+    else:
+        output["data"] = probabilities.ravel().tolist()
+    document = {"model_name": model_name, "model_version": str(version), "outputs": [output]}
+    if request.id is not None:
+        document["id"] = request.id
+    head = json.dumps(document, separators=(",", ":")).encode()
+    if not tail:
+        return head, {"content-type": "application/json"}
+    return head + tail, {"content-type": "application/octet-stream",
+                         BINARY_HEADER: str(len(head))}

@@ -1,0 +1,129 @@
+"""Standard protocols with their real clients, unchanged: Triton's `tritonclient` over
+Open Inference Protocol v2 HTTP, against `python -m app`. Answers must agree with
+`/predict` on the same digits."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO_ROOT
+from tests.images import draw_one, encode, seven
+from tests.servers import start_server
+
+triton = pytest.importorskip("tritonclient.http")
+InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
+
+DIGITS = [encode(draw_one()), encode(Image.fromarray(seven())),
+          encode(draw_one(box=(70, 30, 120, 270)))]
+
+
+@pytest.fixture(scope="module")
+def service():
+    server, base = start_server(REPO_ROOT / "models", access_log="false")
+    try:
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    return triton.InferenceServerClient(service.removeprefix("http://"))
+
+
+@pytest.fixture(scope="module")
+def native(service):
+    """What /predict answers for DIGITS: probabilities, and the 28x28 digits it saw."""
+    answer = httpx.post(f"{service}/models/sequential/predict?debug=true",
+                        files=[("file", (f"{k}.png", png)) for k, png in enumerate(DIGITS)])
+    assert answer.status_code == 200, answer.text
+    predictions = answer.json()["predictions"]
+    probabilities = np.array([p["probabilities"] for p in predictions], dtype=np.float32)
+    pixels = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(p["model_input"]))))
+                       for p in predictions])
+    return probabilities, (pixels.astype(np.float32) / 255)[..., np.newaxis]
+
+
+def test_health_and_metadata(client):
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("sequential") and client.is_model_ready("functional_image")
+    assert client.is_model_ready("sequential", model_version="2")
+    assert not client.is_model_ready("resnet")
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+    tensor = client.get_model_metadata("sequential")
+    assert tensor["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 28, 28, 1]}]
+    assert tensor["outputs"] == [{"name": "output_0", "datatype": "FP32", "shape": [-1, 10]}]
+    assert "2" in tensor["versions"]
+    image = client.get_model_metadata("subclassed_image")
+    assert image["inputs"] == [{"name": "image_bytes", "datatype": "BYTES", "shape": [-1]}]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_fp32_tensors_agree_with_predict(client, native, binary):
+    probabilities, tensors = native
+    item = triton.InferInput("image", list(tensors.shape), "FP32")
+    item.set_data_from_numpy(tensors, binary_data=binary)
+    output = triton.InferRequestedOutput("output_0", binary_data=binary)
+    result = client.infer("sequential", [item], outputs=[output], request_id="r-1")
+    assert result.get_response()["id"] == "r-1"
+    assert result.get_response()["model_version"] == "2"
+    answer = result.as_numpy("output_0")
+    assert answer.shape == (3, 10)
+    assert np.abs(answer - probabilities).max() < 1e-5
+    assert list(answer.argmax(1)) == [1, 7, 1]
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_bytes_images_agree_with_predict(client, service, native, binary):
+    probabilities, _ = native
+    item = triton.InferInput("image_bytes", [len(DIGITS)], "BYTES")
+    if binary:
+        item.set_data_from_numpy(np.array(DIGITS, dtype=np.object_))
+    else:  # in JSON a PNG travels as base64 text, as the kserve SDK's users send it
+        item.set_data_from_numpy(np.array([base64.b64encode(png) for png in DIGITS],
+                                          dtype=np.object_), binary_data=False)
+    result = client.infer("sequential_image", [item])
+    assert np.abs(result.as_numpy("output_0") - probabilities).max() < 1e-5
+
+
+def test_errors_are_protocol_errors(client, service):
+    tensors = np.zeros((1, 28, 28), dtype=np.float32)
+    item = triton.InferInput("image", [1, 28, 28], "FP32")
+    item.set_data_from_numpy(tensors)
+    with pytest.raises(InferenceServerException, match="must be FP32") as wrong_shape:
+        client.infer("sequential", [item])
+    assert wrong_shape.value.status() == "400"
+    with pytest.raises(InferenceServerException, match="Unknown model") as unknown:
+        client.infer("resnet", [item])
+    assert unknown.value.status() == "404"
+    with pytest.raises(InferenceServerException, match="not being served"):
+        client.get_model_metadata("sequential", model_version="9")
+
+    broken = triton.InferInput("image_bytes", [2], "BYTES")
+    broken.set_data_from_numpy(np.array([DIGITS[0], b"not an image"], dtype=np.object_))
+    with pytest.raises(InferenceServerException, match=r"image_bytes\[1\]") as unreadable:
+        client.infer("sequential_image", [broken])
+    assert unreadable.value.status() in ("400", "415")
+
+    # Plain HTTP: the body is JSON whatever the Content-Type (curl -d sends a form's).
+    for body, status in [(b"{", 400), (b'{"inputs": []}', 400),
+                         (json.dumps({"inputs": [{"name": "image", "datatype": "FP32",
+                                                  "shape": [1, 28, 28, 1],
+                                                  "data": [0.0] * 5}]}).encode(), 400)]:
+        answer = httpx.post(f"{service}/v2/models/sequential/infer", content=body,
+                            headers={"content-type": "application/x-www-form-urlencoded"})
+        assert answer.status_code == status and set(answer.json()) == {"error"}, answer.text
+    curl_like = httpx.post(f"{service}/v2/models/sequential/infer", content=json.dumps(
+        {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 28, 28, 1],
+                     "data": [0.0] * 784}]}),
+        headers={"content-type": "application/x-www-form-urlencoded"})
+    assert curl_like.status_code == 200
+    assert curl_like.json()["outputs"][0]["shape"] == [1, 10]
