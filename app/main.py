@@ -25,7 +25,7 @@ from app.batching import QueueFull
 from app.metrics_server import serve_metrics
 from app.middleware import RefuseEncodedSlashes, ShedOnShutdown
 from app.observability import AccessLogMiddleware, Metrics, configure_logging
-from app.protocols import oip_rest
+from app.protocols import oip_rest, tfs_rest
 from app.registry import ModelNotFound
 from app.routers import health, models, predict
 from app.settings import Settings
@@ -110,13 +110,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(oip_rest.router)
+    app.include_router(tfs_rest.router)
     if not settings.metrics_port:
         app.include_router(health.metrics_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html")
+    async def index(request: Request) -> Response:
+        # Browsers get the page; other clients the liveness answer KServe v1 clients read
+        # here (`is_server_live`).
+        if "text/html" in request.headers.get("accept", ""):
+            return FileResponse(STATIC_DIR / "index.html")
+        return JSONResponse({"status": "alive"})
 
     return app
 

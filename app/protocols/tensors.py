@@ -205,14 +205,16 @@ def _json_bytes(data, count: int, name: str) -> list[bytes]:
     if len(flat) != count:
         raise ProtocolError(400, f"Input '{name}': {len(flat)} BYTES elements for a shape of "
                             f"{count} elements.")
-    elements = []
-    for k, element in enumerate(flat):
-        try:
-            elements.append(base64.b64decode(element, validate=True))
-        except (binascii.Error, ValueError):
-            raise ProtocolError(400, f"Input '{name}' element {k}: not valid base64 (in JSON, "
-                                "each BYTES element is an image in base64).") from None
-    return elements
+    return [decode_base64(element, f"Input '{name}' element {k}")
+            for k, element in enumerate(flat)]
+
+
+def decode_base64(text: str, label: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(400, f"{label}: not valid base64 (an image travels in JSON as "
+                            "the base64 of its file).") from None
 
 
 def _flatten(data, name: str, depth: int = 0):

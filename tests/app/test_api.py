@@ -378,11 +378,13 @@ def test_module_level_app_is_built_from_the_environment(monkeypatch, tiny_model_
 
 
 def test_the_page_is_served(client):
-    page = client.get("/")
+    page = client.get("/", headers={"accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert 'src="/static/app.js"' in page.text
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/static/style.css").status_code == 200
+    # Other clients (KServe v1's is_server_live) get the liveness answer there.
+    assert client.get("/").json() == {"status": "alive"}
 
 
 @pytest.mark.parametrize("body", [

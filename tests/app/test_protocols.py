@@ -111,7 +111,7 @@ def test_errors_are_protocol_errors(client, service):
     broken.set_data_from_numpy(np.array([DIGITS[0], b"not an image"], dtype=np.object_))
     with pytest.raises(InferenceServerException, match=r"image_bytes\[1\]") as unreadable:
         client.infer("sequential_image", [broken])
-    assert unreadable.value.status() in ("400", "415")
+    assert unreadable.value.status() == "400"
 
     # Plain HTTP: the body is JSON whatever the Content-Type (curl -d sends a form's).
     for body, status in [(b"{", 400), (b'{"inputs": []}', 400),
@@ -127,3 +127,62 @@ def test_errors_are_protocol_errors(client, service):
         headers={"content-type": "application/x-www-form-urlencoded"})
     assert curl_like.status_code == 200
     assert curl_like.json()["outputs"][0]["shape"] == [1, 10]
+
+
+# --- TensorFlow Serving REST (/v1), with plain HTTP as TensorFlow Serving's examples use --
+
+def test_tfs_status_metadata_and_models(service):
+    status = httpx.get(f"{service}/v1/models/sequential").json()
+    assert status["model_version_status"] == [
+        {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK",
+                                                          "error_message": ""}}]
+    assert status["ready"] is True
+    metadata = httpx.get(f"{service}/v1/models/sequential/versions/2/metadata").json()
+    assert metadata["model_spec"] == {"name": "sequential", "signature_name": "",
+                                      "version": "2"}
+    signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    # Read from the SavedModel itself, as TensorFlow Serving prints it.
+    assert signature["inputs"]["image"]["dtype"] == "DT_FLOAT"
+    assert [d["size"] for d in signature["inputs"]["image"]["tensor_shape"]["dim"]] == [
+        "-1", "28", "28", "1"]
+    assert signature["outputs"]["output_0"]["name"].startswith("StatefulPartitionedCall")
+    image = httpx.get(f"{service}/v1/models/sequential_image/metadata").json()
+    image_input = image["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert image_input["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+    assert "sequential_image" in httpx.get(f"{service}/v1/models").json()["models"]
+    assert httpx.get(service).json() == {"status": "alive"}
+
+
+def test_tfs_predict_rows_and_columns_agree_with_predict(service, native):
+    probabilities, tensors = native
+    url = f"{service}/v1/models/sequential:predict"
+    # TensorFlow Serving's own examples post a JSON string with no Content-Type, curl -d
+    # with a form's: both are read as JSON.
+    rows = httpx.post(url, content=json.dumps({"instances": tensors.tolist()}),
+                      headers={"content-type": "application/x-www-form-urlencoded"})
+    assert rows.status_code == 200, rows.text
+    assert np.abs(np.array(rows.json()["predictions"]) - probabilities).max() < 1e-5
+    columns = httpx.post(f"{service}/v1/models/sequential/versions/2:predict",
+                         content=json.dumps({"signature_name": "serving_default",
+                                             "inputs": {"image": tensors.tolist()}}))
+    assert np.abs(np.array(columns.json()["outputs"]) - probabilities).max() < 1e-5
+    images = httpx.post(f"{service}/v1/models/sequential_image:predict", content=json.dumps(
+        {"instances": [{"b64": base64.b64encode(png).decode()} for png in DIGITS]}))
+    assert np.abs(np.array(images.json()["predictions"]) - probabilities).max() < 1e-5
+
+
+@pytest.mark.parametrize(("path", "body", "status"), [
+    ("/v1/models/resnet:predict", {"instances": [[0]]}, 404),
+    ("/v1/models/sequential:predict", {"instances": [[0.0] * 784]}, 400),  # flat, not 28x28x1
+    ("/v1/models/sequential:predict", {"instances": [], "inputs": []}, 400),
+    ("/v1/models/sequential:predict", {"signature_name": "other", "instances": [[0]]}, 400),
+    ("/v1/models/sequential/versions/9:predict", {"instances": [[0]]}, 404),
+    ("/v1/models/sequential/labels/beta:predict", {"instances": [[0]]}, 400),
+    ("/v1/models/sequential:classify", {"examples": []}, 400),
+    ("/v1/models/sequential_image:predict", {"instances": ["not b64"]}, 400),
+    ("/v1/models/sequential_image:predict", {"instances": [{"b64": "AAAA"}]}, 400),
+])
+def test_tfs_errors(service, path, body, status):
+    answer = httpx.post(service + path, content=json.dumps(body))
+    assert answer.status_code == status, answer.text
+    assert set(answer.json()) == {"error"}

@@ -1,0 +1,90 @@
+"""What every protocol adapter shares: the model names they serve, how a name and a
+version or label resolve against the registry, images through the service, and errors
+as `{"error": "..."}` with the service's statuses.
+
+Each style is two models: `<style>` takes FP32 tensors [n, 28, 28, 1] in [0, 1], exactly
+the SavedModel's signature, and `<style>_image` takes encoded images (BYTES / DT_STRING),
+one per element, through the service's own preprocessing. Both answer FP32 `output_0`
+[n, 10], the probabilities.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from fastapi.responses import JSONResponse
+
+from app.batching import QueueFull
+from app.protocols.tensors import ProtocolError
+from app.registry import ModelNotFound, ModelRegistry, ServedVersion
+from app.uploads import Upload, UploadError
+from digit_contract import Style
+
+IMAGE_SUFFIX = "_image"
+TENSOR_INPUT, IMAGE_INPUT = "image", "image_bytes"
+VERSION = re.compile(r"[0-9]{1,18}")
+# Bodies larger than this are parsed, and answers this large encoded, in a thread.
+THREAD_BODY_BYTES = 256 * 1024
+THREAD_ANSWER_ROWS = 64
+
+
+def model_names(registry: ModelRegistry) -> list[str]:
+    return [name for style in registry.loaded
+            for name in (style.value, style.value + IMAGE_SUFFIX)]
+
+
+def resolve(registry: ModelRegistry, model: str, version: str | None = None,
+            label: str | None = None) -> tuple[ServedVersion, bool]:
+    """The served version a model name and a version string (or label) mean, and whether
+    it is the style's image model."""
+    image = model.endswith(IMAGE_SUFFIX)
+    try:
+        style = Style(model.removesuffix(IMAGE_SUFFIX))
+    except ValueError:
+        names = ", ".join(f"{s.value}, {s.value}{IMAGE_SUFFIX}" for s in Style)
+        raise ModelNotFound(f"Unknown model '{model[:100]}'. Models: {names}.",
+                            "missing") from None
+    if version is not None and not VERSION.fullmatch(version):
+        raise ProtocolError(400, f"Version '{version[:100]}' is not a version number.")
+    return registry.resolve(style, int(version) if version else None, label), image
+
+
+async def classify_images(service, served: ServedVersion, images: list[bytes]
+                          ) -> np.ndarray:
+    """Probabilities of each image; the protocols have no per-element error, so an image
+    that cannot be read fails the request, naming it: 413 when it is over a limit, else
+    400 (the protocols' "invalid argument"; /predict's 415 for an unknown image format
+    means an unsupported Content-Type to these clients)."""
+    uploads = [Upload(f"{IMAGE_INPUT}[{k}]", data) for k, data in enumerate(images)]
+    try:
+        result = await service.classify(served, uploads)
+    except UploadError as error:
+        raise _invalid(error) from None
+    if result.errors:
+        raise _invalid(result.errors[min(result.errors)])
+    return result.outputs
+
+
+def _invalid(error: Exception) -> ProtocolError:
+    status = getattr(error, "status_code", 400)
+    return ProtocolError(status if status in (408, 413, 503) else 400, str(error))
+
+
+ERRORS = (ModelNotFound, ProtocolError, UploadError, QueueFull)
+
+
+def error_response(error: Exception) -> JSONResponse:
+    headers = None
+    if isinstance(error, ProtocolError):
+        status, message = error.status, error.message
+    elif isinstance(error, ModelNotFound):
+        status, message = (503 if error.status == "failed" else 404), str(error)
+    elif isinstance(error, QueueFull):
+        status, message = 503, str(error)
+        headers = {"Retry-After": str(error.retry_after_s)}
+    else:  # UploadError
+        status, message = error.status_code, error.detail
+        if error.close_connection:
+            headers = {"Connection": "close"}
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
