@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["DIGITS_MODEL_DIR"] = args.model_dir
     os.environ["DIGITS_WORKERS"] = str(args.workers)
     settings = Settings()  # validated, like the rest of the environment
+    if settings.grpc_port:
+        from app.processes import check_port_free
+
+        # Every server process binds it with SO_REUSEPORT, which would share it silently
+        # with anything else listening there.
+        check_port_free(settings.host, settings.grpc_port)
     options = dict(
         host=args.host, port=args.port, log_level=settings.log_level,
         loop="uvloop", http=protocol_for(ConnectionLimits(

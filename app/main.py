@@ -71,12 +71,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics_server = (await serve_metrics(settings.host, settings.metrics_port,
                                               metrics.registry)
                           if settings.metrics_port else None)
+        grpc_server = None
+        if settings.grpc_port:
+            from app.protocols import oip_grpc  # grpc only where it is asked for
+
+            grpc_server = await oip_grpc.start_server(service, settings, metrics, app.version)
         logger.info("serving %s", ", ".join(
             f"{m.style.value} v{m.version} on {m.device} ({m.runtime.value})"
             for m in service.registry.loaded.values()) or "no model")
         try:
             yield {"service": service, "settings": settings, "metrics": metrics}
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=settings.graceful_shutdown_s)
             if polling is not None:
                 polling.cancel()
                 await asyncio.gather(polling, return_exceptions=True)

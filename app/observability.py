@@ -27,9 +27,16 @@ class Metrics:
         self.latency = Histogram("digits_http_request_duration_seconds", "HTTP request latency.",
                                  ["method", "route", "status"], buckets=LATENCY_BUCKETS,
                                  registry=self.registry)
-        self.images_per_request = Histogram("digits_images_per_request",
-                                            "Images in each prediction request.", ["model"],
-                                            buckets=COUNT_BUCKETS, registry=self.registry)
+        self.images_per_request = Histogram(
+            "digits_images_per_request", "Images (or tensors) in each prediction request, by "
+            "model and protocol (native /predict, oip-rest, tfs-rest, oip-grpc).",
+            ["model", "protocol"], buckets=COUNT_BUCKETS, registry=self.registry)
+        self.grpc_requests = Counter("digits_grpc_requests_total", "gRPC calls, by method "
+                                     "and status code.", ["method", "code"],
+                                     registry=self.registry)
+        self.grpc_latency = Histogram("digits_grpc_request_duration_seconds",
+                                      "gRPC call latency.", ["method"],
+                                      buckets=LATENCY_BUCKETS, registry=self.registry)
         self.inference = Histogram("digits_inference_seconds", "Seconds per model call.",
                                    ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.batch_size = Histogram("digits_batch_size", "Images per model call.", ["model"],

@@ -47,7 +47,7 @@ def serve_processes(config: uvicorn.Config, processes: int) -> None:
     uvicorn's start-up failure status (3) if a process fails to start; a second signal
     kills them all at once.
     """
-    _check_port_free(config.host, config.port)
+    check_port_free(config.host, config.port)
     stopping = threading.Event()
     children: list[multiprocessing.Process] = []
 
@@ -89,7 +89,7 @@ def serve_processes(config: uvicorn.Config, processes: int) -> None:
         raise SystemExit(STARTUP_FAILURE)
 
 
-def _check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int) -> None:
     """Refuse a port that is taken, once and clearly, before any process starts.
 
     Binding alone is not enough: another server that also uses SO_REUSEPORT (a second

@@ -19,6 +19,9 @@ from app.settings import Settings
 from app.uploads import Upload
 from digit_contract import Style, scale_pixels
 
+# Who asked: /predict, or a standard protocol's adapter (app.protocols).
+PROTOCOLS = ("native", "oip-rest", "tfs-rest", "oip-grpc")
+
 
 class PredictionService:
     """Owns the registry snapshot, the preprocessing workers and one batcher per served
@@ -37,9 +40,10 @@ class PredictionService:
             max_request_pixels=settings.max_request_pixels,
             max_waiting_images=settings.max_queue_images,
             on_restart=lambda reason: metrics.decoder_restarts.labels(reason).inc())
-        # Each request observes this; a series looked up per request costs a lock and more.
-        self._images_per_request = {style: metrics.images_per_request.labels(style.value)
-                                    for style in Style}
+        # Each request observes one; a series looked up per request costs a lock and more.
+        self._images_per_request = {
+            (style, protocol): metrics.images_per_request.labels(style.value, protocol)
+            for style in Style for protocol in PROTOCOLS}
 
     def serve(self, model: LoadedModel) -> ServedVersion:
         """A running batch queue for a loaded version (on the event loop)."""
@@ -77,10 +81,11 @@ class PredictionService:
             return await run_in_threadpool(build_response, served.model, result, True)
         return build_response(served.model, result, False)
 
-    async def classify(self, served: ServedVersion, uploads: list[Upload]) -> BatchResult:
+    async def classify(self, served: ServedVersion, uploads: list[Upload],
+                       protocol: str = "native") -> BatchResult:
         """Images -> their digits (prepared here) and probabilities, in the model's queue."""
         model = served.model
-        self._images_per_request[model.style].observe(len(uploads))
+        self._images_per_request[model.style, protocol].observe(len(uploads))
         payload = self.preprocess.in_batch(uploads)
         if payload is None:
             payload = await self.preprocess.prepare_ahead(uploads)
@@ -90,10 +95,11 @@ class PredictionService:
                                              str(getattr(error, "status_code", 400))).inc()
         return result
 
-    async def run_tensor(self, served: ServedVersion, tensor: np.ndarray) -> np.ndarray:
+    async def run_tensor(self, served: ServedVersion, tensor: np.ndarray,
+                         protocol: str) -> np.ndarray:
         """float32 [n, 28, 28, 1] model inputs, as sent -> probabilities [n, 10]. They join
         the same queue, and share model calls, with image requests."""
-        self._images_per_request[served.model.style].observe(len(tensor))
+        self._images_per_request[served.model.style, protocol].observe(len(tensor))
         return (await served.batcher.submit(tensor, size=len(tensor))).outputs
 
 

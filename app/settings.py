@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         None, description="A file of SHA-256 hex digests of API keys, one per line "
         "(`printf %s KEY | sha256sum`); keeps the keys themselves out of the environment.")
+    grpc_port: int | None = Field(
+        None, gt=0, lt=65536, description="Serve Open Inference Protocol v2 over gRPC on this "
+        "port (Triton and KServe clients; 8001 by convention); unset: no gRPC.")
     metrics_port: int | None = Field(
         None, gt=0, description="Serve /metrics on this port only (what Prometheus scrapes, "
         "kept off the public port); unset: /metrics on the main port, behind the key if any.")

@@ -16,10 +16,10 @@ import numpy as np
 from fastapi.responses import JSONResponse
 
 from app.batching import QueueFull
-from app.protocols.tensors import ProtocolError
+from app.protocols.tensors import BYTES, FP32, OUTPUT_NAME, InputTensor, ProtocolError
 from app.registry import ModelNotFound, ModelRegistry, ServedVersion
 from app.uploads import Upload, UploadError
-from digit_contract import Style
+from digit_contract import INPUT_SHAPE, Style
 
 IMAGE_SUFFIX = "_image"
 TENSOR_INPUT, IMAGE_INPUT = "image", "image_bytes"
@@ -50,15 +50,15 @@ def resolve(registry: ModelRegistry, model: str, version: str | None = None,
     return registry.resolve(style, int(version) if version else None, label), image
 
 
-async def classify_images(service, served: ServedVersion, images: list[bytes]
-                          ) -> np.ndarray:
+async def classify_images(service, served: ServedVersion, images: list[bytes],
+                          protocol: str) -> np.ndarray:
     """Probabilities of each image; the protocols have no per-element error, so an image
     that cannot be read fails the request, naming it: 413 when it is over a limit, else
     400 (the protocols' "invalid argument"; /predict's 415 for an unknown image format
     means an unsupported Content-Type to these clients)."""
     uploads = [Upload(f"{IMAGE_INPUT}[{k}]", data) for k, data in enumerate(images)]
     try:
-        result = await service.classify(served, uploads)
+        result = await service.classify(served, uploads, protocol)
     except UploadError as error:
         raise _invalid(error) from None
     if result.errors:
@@ -88,3 +88,32 @@ def error_response(error: Exception) -> JSONResponse:
         if error.close_connection:
             headers = {"Connection": "close"}
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def model_input(inputs: list[InputTensor], outputs: tuple[str, ...], image: bool,
+                max_images: int) -> np.ndarray | list[bytes]:
+    """The model's one input, checked against its metadata."""
+    name, datatype = (IMAGE_INPUT, BYTES) if image else (TENSOR_INPUT, FP32)
+    shape = "[n]" if image else f"[n, {', '.join(map(str, INPUT_SHAPE))}]"
+    if [t.name for t in inputs] != [name]:
+        raise ProtocolError(400, f"The model takes one input, '{name}' ({datatype} {shape}); "
+                            f"the request has {[t.name[:50] for t in inputs][:5]}.")
+    unknown = [o for o in outputs if o != OUTPUT_NAME]
+    if unknown:
+        raise ProtocolError(400, f"Unknown output {str(unknown[0])[:50]!r}: the model's only "
+                            f"output is '{OUTPUT_NAME}'.")
+    tensor = inputs[0]
+    expected = 1 if image else 1 + len(INPUT_SHAPE)
+    if tensor.datatype != datatype or len(tensor.shape) != expected or (
+            not image and tensor.shape[1:] != INPUT_SHAPE):
+        raise ProtocolError(400, f"Input '{name}' must be {datatype} {shape}, not "
+                            f"{tensor.datatype} {list(tensor.shape)}.")
+    count = tensor.shape[0]
+    if count == 0:
+        raise ProtocolError(400, f"Input '{name}' holds no {'image' if image else 'digit'}.")
+    if count > max_images:
+        raise ProtocolError(413, f"{count} inputs in one request; at most {max_images} "
+                            "(DIGITS_MAX_IMAGES_PER_REQUEST).")
+    return tensor.value
+
+

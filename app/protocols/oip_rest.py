@@ -9,7 +9,6 @@ protocol's clients expect, with the service's statuses.
 
 from __future__ import annotations
 
-import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -22,6 +21,7 @@ from app.protocols.models import (
     THREAD_BODY_BYTES,
     classify_images,
     error_response,
+    model_input,
     resolve,
 )
 from app.protocols.tensors import (
@@ -29,8 +29,6 @@ from app.protocols.tensors import (
     BYTES,
     FP32,
     OUTPUT_NAME,
-    InferRequest,
-    ProtocolError,
     encode_response,
     parse_infer_request,
 )
@@ -41,6 +39,7 @@ from digit_contract import IMAGE_SIZE, INPUT_SHAPE
 router = APIRouter(prefix="/v2", include_in_schema=False)
 
 PIXELS = IMAGE_SIZE * IMAGE_SIZE
+PROTOCOL = "oip-rest"
 
 
 @router.get("")
@@ -104,43 +103,18 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
                       if len(body) > THREAD_BODY_BYTES
                       else parse_infer_request(body, header, max_elements))
             del body
-            value = _the_input(parsed, image, settings.max_images_per_request)
+            value = model_input(parsed.inputs, parsed.outputs, image,
+                                settings.max_images_per_request)
             request.state.images = len(value)
             if image:
-                probabilities = await classify_images(service, served, value)
+                probabilities = await classify_images(service, served, value, PROTOCOL)
             else:
-                probabilities = await service.run_tensor(served, value)
+                probabilities = await service.run_tensor(served, value, PROTOCOL)
     except ERRORS as error:
         return error_response(error)
     answer = (encode_response, model, served.model.version, parsed, probabilities)
     content, headers = (await run_in_threadpool(*answer)
                         if len(probabilities) > THREAD_ANSWER_ROWS else answer[0](*answer[1:]))
     return Response(content, headers=headers)
-
-
-def _the_input(parsed: InferRequest, image: bool, max_images: int) -> np.ndarray | list:
-    """The model's one input, checked against its metadata."""
-    name, datatype = (IMAGE_INPUT, BYTES) if image else (TENSOR_INPUT, FP32)
-    shape = "[n]" if image else f"[n, {', '.join(map(str, INPUT_SHAPE))}]"
-    if [t.name for t in parsed.inputs] != [name]:
-        raise ProtocolError(400, f"The model takes one input, '{name}' ({datatype} {shape}); "
-                            f"the request has {[t.name[:50] for t in parsed.inputs][:5]}.")
-    unknown = [o for o in parsed.outputs if o != OUTPUT_NAME]
-    if unknown:
-        raise ProtocolError(400, f"Unknown output {str(unknown[0])[:50]!r}: the model's only "
-                            f"output is '{OUTPUT_NAME}'.")
-    tensor = parsed.inputs[0]
-    expected = 1 if image else 1 + len(INPUT_SHAPE)
-    if tensor.datatype != datatype or len(tensor.shape) != expected or (
-            not image and tensor.shape[1:] != INPUT_SHAPE):
-        raise ProtocolError(400, f"Input '{name}' must be {datatype} {shape}, not "
-                            f"{tensor.datatype} {list(tensor.shape)}.")
-    count = tensor.shape[0]
-    if count == 0:
-        raise ProtocolError(400, f"Input '{name}' holds no {'image' if image else 'digit'}.")
-    if count > max_images:
-        raise ProtocolError(413, f"{count} inputs in one request; at most {max_images} "
-                            "(DIGITS_MAX_IMAGES_PER_REQUEST).")
-    return tensor.value
 
 

@@ -128,13 +128,7 @@ def _read_input(item, tail: _Tail, max_elements: int) -> InputTensor:
     name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
     if not isinstance(name, str) or not isinstance(datatype, str):
         raise ProtocolError(400, "Each input needs a string 'name' and 'datatype'.")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise ProtocolError(400, f"Input '{name}': 'shape' must be a list of non-negative "
-                            "integers.")
-    count = math.prod(shape)
-    if count > max_elements:
-        raise ProtocolError(413, f"Input '{name}' has {count:,} elements; at most "
-                            f"{max_elements:,} are accepted.")
+    count = check_shape(name, shape, max_elements)
     size = _parameters(item, "input").get("binary_data_size")
     if size is not None:
         if type(size) is not int or size < 0:
@@ -142,14 +136,32 @@ def _read_input(item, tail: _Tail, max_elements: int) -> InputTensor:
                                 "non-negative integer.")
         if "data" in item:
             raise ProtocolError(400, f"Input '{name}' has both 'data' and binary data.")
-        raw = tail.take(size, name)
-        value = (_bytes_elements(raw, count, name) if datatype == BYTES
-                 else _fixed_elements(raw, datatype, shape, name))
-    elif "data" in item:
-        value = (_json_bytes(item["data"], count, name) if datatype == BYTES
-                 else _json_numbers(item["data"], datatype, shape, name))
-    else:
+        return read_raw(name, datatype, shape, tail.take(size, name), max_elements)
+    if "data" not in item:
         raise ProtocolError(400, f"Input '{name}' has neither 'data' nor binary_data_size.")
+    value = (_json_bytes(item["data"], count, name) if datatype == BYTES
+             else _json_numbers(item["data"], datatype, shape, name))
+    return InputTensor(name, datatype, tuple(shape), value)
+
+
+def check_shape(name: str, shape, max_elements: int) -> int:
+    """The element count of a valid shape."""
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise ProtocolError(400, f"Input '{name}': 'shape' must be a list of non-negative "
+                            "integers.")
+    count = math.prod(shape)
+    if count > max_elements:
+        raise ProtocolError(413, f"Input '{name}' has {count:,} elements; at most "
+                            f"{max_elements:,} are accepted.")
+    return count
+
+
+def read_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview,
+             max_elements: int) -> InputTensor:
+    """An input sent as raw bytes (a REST binary tail, a gRPC raw_input_contents)."""
+    count = check_shape(name, shape, max_elements)
+    value = (_bytes_elements(memoryview(raw), count, name) if datatype == BYTES
+             else _fixed_elements(memoryview(raw), datatype, shape, name))
     return InputTensor(name, datatype, tuple(shape), value)
 
 

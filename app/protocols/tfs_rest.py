@@ -36,6 +36,7 @@ from app.uploads import read_body
 from digit_contract import INPUT_SHAPE, SIGNATURE_NAME
 
 router = APIRouter(prefix="/v1", include_in_schema=False)
+PROTOCOL = "tfs-rest"
 
 # TensorFlow Serving's own patterns (model_servers/http_rest_api_handler.cc).
 MODEL_PATH = re.compile(r"/v1/models/([^/:]+)(?:/versions/([^/:]+)|/labels/([^/:]+))?")
@@ -94,8 +95,8 @@ async def predict(request: Request, path: str) -> JSONResponse:
                           else read[0](*read[1:]))
             del body
             request.state.images = len(value)
-            probabilities = (await classify_images(service, served, value) if image
-                             else await service.run_tensor(served, value))
+            probabilities = (await classify_images(service, served, value, PROTOCOL) if image
+                             else await service.run_tensor(served, value, PROTOCOL))
     except ERRORS as error:
         return error_response(error)
     answer = {"predictions" if row else "outputs": probabilities.tolist()}

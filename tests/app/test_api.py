@@ -178,7 +178,7 @@ def test_metrics_count_requests_images_and_inference(client):
     client.post("/predict", files=[("file", ("a.png", PNG, "image/png"))] * 2)
     text = client.get("/metrics").text
     assert 'digits_http_requests_total{method="POST",route="/predict",status="200"}' in text
-    assert 'digits_images_per_request_bucket{le="2.0",model="sequential"}' in text
+    assert 'digits_images_per_request_bucket{le="2.0",model="sequential",protocol="native"}' in text
     assert re.search(r'digits_inference_seconds_count\{model="sequential"\} [1-9]', text)
     assert re.search(r'digits_batch_size_count\{model="sequential"\} [1-9]', text)
     assert ('digits_model_loaded{device="/CPU:0",model="functional",runtime="litert",'

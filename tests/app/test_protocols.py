@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.conftest import REPO_ROOT
 from tests.images import draw_one, encode, seven
-from tests.servers import start_server
+from tests.servers import free_port, start_server
 
 triton = pytest.importorskip("tritonclient.http")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
@@ -24,9 +24,13 @@ DIGITS = [encode(draw_one()), encode(Image.fromarray(seven())),
           encode(draw_one(box=(70, 30, 120, 270)))]
 
 
+GRPC_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def service():
-    server, base = start_server(REPO_ROOT / "models", access_log="false")
+    server, base = start_server(REPO_ROOT / "models", access_log="false",
+                                grpc_port=GRPC_PORT)
     try:
         yield base
     finally:
@@ -186,3 +190,56 @@ def test_tfs_errors(service, path, body, status):
     answer = httpx.post(service + path, content=json.dumps(body))
     assert answer.status_code == status, answer.text
     assert set(answer.json()) == {"error"}
+
+
+# --- Open Inference Protocol v2 over gRPC, with tritonclient's gRPC client ----------------
+# (This process never imports the service's own copy of the `inference` protos: the two
+# copies cannot share one protobuf registry. The server runs in its own process.)
+
+@pytest.fixture(scope="module")
+def grpc_client(service):
+    grpc_api = pytest.importorskip("tritonclient.grpc")
+    return grpc_api, grpc_api.InferenceServerClient(f"127.0.0.1:{GRPC_PORT}")
+
+
+def test_grpc_health_and_metadata(grpc_client):
+    _, client = grpc_client
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("sequential") and client.is_model_ready("sequential_image")
+    assert not client.is_model_ready("resnet")
+    assert not client.is_model_ready("sequential", model_version="9")
+    metadata = client.get_model_metadata("functional", as_json=True)
+    assert metadata["inputs"] == [{"name": "image", "datatype": "FP32",
+                                   "shape": ["-1", "28", "28", "1"]}]
+    assert "binary_tensor_data" in client.get_server_metadata(as_json=True)["extensions"]
+
+
+def test_grpc_infer_agrees_with_predict(grpc_client, native):
+    grpc_api, client = grpc_client
+    probabilities, tensors = native
+    item = grpc_api.InferInput("image", list(tensors.shape), "FP32")
+    item.set_data_from_numpy(tensors)
+    result = client.infer("sequential", [item], request_id="g-1")
+    assert result.get_response().id == "g-1" and result.get_response().model_version == "2"
+    assert np.abs(result.as_numpy("output_0") - probabilities).max() < 1e-5
+    images = grpc_api.InferInput("image_bytes", [len(DIGITS)], "BYTES")
+    images.set_data_from_numpy(np.array(DIGITS, dtype=np.object_))
+    result = client.infer("sequential_image", [images])
+    assert np.abs(result.as_numpy("output_0") - probabilities).max() < 1e-5
+
+
+def test_grpc_errors_are_status_codes(grpc_client):
+    grpc_api, client = grpc_client
+    item = grpc_api.InferInput("image", [1, 28, 28], "FP32")
+    item.set_data_from_numpy(np.zeros((1, 28, 28), dtype=np.float32))
+    with pytest.raises(InferenceServerException, match="must be FP32") as wrong_shape:
+        client.infer("sequential", [item])
+    assert wrong_shape.value.status() == "StatusCode.INVALID_ARGUMENT"
+    with pytest.raises(InferenceServerException, match="Unknown model") as unknown:
+        client.infer("resnet", [item])
+    assert unknown.value.status() == "StatusCode.NOT_FOUND"
+    broken = grpc_api.InferInput("image_bytes", [1], "BYTES")
+    broken.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))
+    with pytest.raises(InferenceServerException, match=r"image_bytes\[0\]") as unreadable:
+        client.infer("sequential_image", [broken])
+    assert unreadable.value.status() == "StatusCode.INVALID_ARGUMENT"

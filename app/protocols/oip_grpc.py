@@ -1,0 +1,180 @@
+"""Open Inference Protocol v2 over gRPC (`inference.GRPCInferenceService`), on
+`DIGITS_GRPC_PORT`: what Triton's and KServe's gRPC clients speak.
+
+One `grpc.aio` server per server process, on the event loop that owns the batch queues, so
+a gRPC request joins the same queues as every other (`app.protocols.models`). Inputs come
+in `raw_input_contents` (tritonclient always sends them so) or typed `contents`; outputs
+go out in `raw_output_contents`, which is all tritonclient reads. Errors are gRPC status
+codes with the same messages as over REST.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+import numpy as np
+
+from app.protocols.models import (
+    ERRORS,
+    IMAGE_INPUT,
+    TENSOR_INPUT,
+    classify_images,
+    model_input,
+    resolve,
+)
+from app.protocols.proto import inference_pb2 as pb
+from app.protocols.proto import inference_pb2_grpc as pb_grpc
+from app.protocols.tensors import (
+    BYTES,
+    FP32,
+    OUTPUT_NAME,
+    InputTensor,
+    ProtocolError,
+    check_shape,
+    read_raw,
+)
+from app.registry import ModelNotFound
+from digit_contract import IMAGE_SIZE, INPUT_SHAPE
+
+logger = logging.getLogger("digits.grpc")
+
+# The REST statuses the engine's errors carry, as gRPC codes.
+CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
+         408: grpc.StatusCode.DEADLINE_EXCEEDED, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+         415: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE}
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+    """The six calls, answered from the app's current service (its registry snapshot)."""
+
+    def __init__(self, service, settings, metrics, version: str):
+        self.service, self.settings, self.metrics = service, settings, metrics
+        self.version = version
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=bool(self.service.registry.loaded))
+
+    async def ModelReady(self, request, context):
+        try:
+            resolve(self.service.registry, request.name, request.version or None)
+        except ERRORS:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name="digit-service", version=self.version,
+                                         extensions=["binary_tensor_data"])
+
+    async def ModelMetadata(self, request, context):
+        try:
+            served, image = resolve(self.service.registry, request.name,
+                                    request.version or None)
+        except ERRORS as error:
+            await _abort(context, error)
+        state = self.service.registry.styles[served.model.style]
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=request.name,
+            versions=[request.version] if request.version else [str(v) for v in
+                                                                sorted(state.served)],
+            platform="ensemble" if image else "tensorflow_savedmodel",
+            inputs=[tensor(name=IMAGE_INPUT, datatype=BYTES, shape=[-1]) if image else
+                    tensor(name=TENSOR_INPUT, datatype=FP32, shape=[-1, *INPUT_SHAPE])],
+            outputs=[tensor(name=OUTPUT_NAME, datatype=FP32, shape=[-1, 10])])
+
+    async def ModelInfer(self, request, context):
+        started, code = time.perf_counter(), "OK"
+        try:
+            served, image = resolve(self.service.registry, request.model_name,
+                                    request.model_version or None)
+            with served:
+                limit = self.settings.max_images_per_request
+                value = model_input(_inputs(request, limit * (1 if image else PIXELS)),
+                                    tuple(o.name for o in request.outputs), image, limit)
+                probabilities = (
+                    await classify_images(self.service, served, value, PROTOCOL) if image
+                    else await self.service.run_tensor(served, value, PROTOCOL))
+        except ERRORS as error:
+            code = _code(error).name
+            await _abort(context, error)
+        except Exception:
+            code = "INTERNAL"
+            raise
+        finally:
+            self.metrics.grpc_requests.labels("ModelInfer", code).inc()
+            self.metrics.grpc_latency.labels("ModelInfer").observe(
+                time.perf_counter() - started)
+        response = pb.ModelInferResponse(model_name=request.model_name,
+                                         model_version=str(served.model.version),
+                                         id=request.id)
+        response.outputs.add(name=OUTPUT_NAME, datatype=FP32, shape=list(probabilities.shape))
+        response.raw_output_contents.append(
+            np.ascontiguousarray(probabilities, dtype="<f4").tobytes())
+        return response
+
+
+PIXELS = IMAGE_SIZE * IMAGE_SIZE
+PROTOCOL = "oip-grpc"
+
+
+def _inputs(request, max_elements: int) -> list[InputTensor]:
+    """The request's inputs from raw_input_contents (one per input, in order) or from each
+    input's typed contents; the two are never mixed."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise ProtocolError(400, f"{len(raw)} raw_input_contents for {len(request.inputs)} "
+                            "inputs: send one per input, or none and typed contents.")
+    inputs = []
+    for k, item in enumerate(request.inputs):
+        shape = list(item.shape)
+        if raw:
+            inputs.append(read_raw(item.name, item.datatype, shape, raw[k], max_elements))
+            continue
+        count = check_shape(item.name, shape, max_elements)
+        if item.datatype == BYTES:
+            value = list(item.contents.bytes_contents)
+        elif item.datatype == FP32:
+            value = np.asarray(item.contents.fp32_contents, dtype=np.float32)
+        else:
+            raise ProtocolError(400, f"Input '{item.name}' is {item.datatype}: send FP32.")
+        if len(value) != count:
+            raise ProtocolError(400, f"Input '{item.name}': {len(value):,} elements for "
+                                f"shape {shape} (which needs {count:,}).")
+        inputs.append(InputTensor(item.name, item.datatype, tuple(shape),
+                                  value if item.datatype == BYTES else value.reshape(shape)))
+    return inputs
+
+
+def _code(error: Exception) -> grpc.StatusCode:
+    if isinstance(error, ModelNotFound):
+        return grpc.StatusCode.UNAVAILABLE if error.status == "failed" else \
+            grpc.StatusCode.NOT_FOUND
+    status = getattr(error, "status", None) or getattr(error, "status_code", 503)
+    return CODES.get(status, grpc.StatusCode.UNAVAILABLE)
+
+
+async def _abort(context, error: Exception):
+    message = getattr(error, "message", None) or getattr(error, "detail", None) or str(error)
+    await context.abort(_code(error), message)
+
+
+async def start_server(service, settings, metrics, version: str) -> grpc.aio.Server:
+    """The gRPC server on settings.host:settings.grpc_port, started on the running loop.
+    Its message limit is the REST body limit; its socket shares the port with the other
+    server processes' (SO_REUSEPORT, grpc's default)."""
+    limit = settings.max_upload_bytes
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+                                      ("grpc.max_send_message_length", limit),
+                                      ("grpc.so_reuseport", 1)])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceService(service, settings, metrics, version), server)
+    server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+    await server.start()
+    logger.info("gRPC (Open Inference Protocol v2) on %s:%d", settings.host,
+                settings.grpc_port)
+    return server
