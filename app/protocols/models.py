@@ -34,6 +34,19 @@ def model_names(registry: ModelRegistry) -> list[str]:
             for name in (style.value, style.value + IMAGE_SUFFIX)]
 
 
+def model_config(model: str, image: bool, max_batch_size: int) -> dict:
+    """Triton's model configuration (its JSON form): what Triton clients such as
+    perf_analyzer read to learn the batch size and tensors. The batch dimension is left
+    out of `dims`, as Triton does for a model with max_batch_size > 0."""
+    return {
+        "name": model, "platform": "ensemble" if image else "tensorflow_savedmodel",
+        "backend": "" if image else "tensorflow", "max_batch_size": max_batch_size,
+        "input": [{"name": IMAGE_INPUT, "data_type": "TYPE_STRING", "dims": [1]} if image
+                  else {"name": TENSOR_INPUT, "data_type": "TYPE_FP32",
+                        "dims": list(INPUT_SHAPE)}],
+        "output": [{"name": OUTPUT_NAME, "data_type": "TYPE_FP32", "dims": [10]}]}
+
+
 def resolve(registry: ModelRegistry, model: str, version: str | None = None,
             label: str | None = None) -> tuple[ServedVersion, bool]:
     """The served version a model name and a version string (or label) mean, and whether

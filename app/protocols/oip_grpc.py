@@ -21,6 +21,7 @@ from app.protocols.models import (
     IMAGE_INPUT,
     TENSOR_INPUT,
     classify_images,
+    model_config,
     model_input,
     resolve,
 )
@@ -86,6 +87,19 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             inputs=[tensor(name=IMAGE_INPUT, datatype=BYTES, shape=[-1]) if image else
                     tensor(name=TENSOR_INPUT, datatype=FP32, shape=[-1, *INPUT_SHAPE])],
             outputs=[tensor(name=OUTPUT_NAME, datatype=FP32, shape=[-1, 10])])
+
+    async def ModelConfig(self, request, context):
+        """Triton's model configuration extension, which perf_analyzer needs."""
+        try:
+            _, image = resolve(self.service.registry, request.name, request.version or None)
+        except ERRORS as error:
+            await _abort(context, error)
+        config = model_config(request.name, image, self.settings.max_images_per_request)
+        return pb.ModelConfigResponse(config=pb.ModelConfig(
+            name=config["name"], platform=config["platform"], backend=config["backend"],
+            max_batch_size=config["max_batch_size"],
+            input=[pb.ModelInput(**tensor) for tensor in config["input"]],
+            output=[pb.ModelOutput(**tensor) for tensor in config["output"]]))
 
     async def ModelInfer(self, request, context):
         started, code = time.perf_counter(), "OK"

@@ -21,6 +21,7 @@ from app.protocols.models import (
     THREAD_BODY_BYTES,
     classify_images,
     error_response,
+    model_config,
     model_input,
     resolve,
 )
@@ -75,6 +76,18 @@ async def model_metadata(request: Request, model: str, version: str | None = Non
         "inputs": [{"name": IMAGE_INPUT, "datatype": BYTES, "shape": [-1]} if image else
                    {"name": TENSOR_INPUT, "datatype": FP32, "shape": [-1, *INPUT_SHAPE]}],
         "outputs": [{"name": OUTPUT_NAME, "datatype": FP32, "shape": [-1, 10]}]})
+
+
+@router.get("/models/{model}/config")
+@router.get("/models/{model}/versions/{version}/config")
+async def config(request: Request, model: str, version: str | None = None) -> JSONResponse:
+    """Triton's model configuration extension, which perf_analyzer needs."""
+    try:
+        _, image = resolve(request.state.service.registry, model, version)
+    except ERRORS as error:
+        return error_response(error)
+    return JSONResponse(model_config(model, image,
+                                     request.state.settings.max_images_per_request))
 
 
 @router.get("/models/{model}/ready")
