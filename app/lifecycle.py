@@ -51,10 +51,15 @@ def read_style_dir(style_dir: Path) -> StyleOnDisk:
                        labels, problem)
 
 
+MAX_FINGERPRINT_FILES = 10_000  # a version directory linked to "/" is not walked whole
+
+
 def fingerprint(version_dir: Path) -> Fingerprint:
     """Each file's path, size and modification time: it changes when any file does."""
     found = []
     for root, _, files in os.walk(version_dir):
+        if len(found) > MAX_FINGERPRINT_FILES:
+            break
         for name in files:
             path = Path(root, name)
             with contextlib.suppress(OSError):  # removed while we walk
@@ -97,6 +102,8 @@ class ModelWatcher:
         # version -> (the files it had, why it failed): not tried again until they change
         self._failures: dict[Style, dict[int, tuple[Fingerprint, str]]] = {
             style: {} for style in Style}
+        # version -> the files it had when it was loaded
+        self._files: dict[Style, dict[int, Fingerprint]] = {style: {} for style in Style}
         self._retiring: set[asyncio.Task] = set()
         self._lock = asyncio.Lock()  # one refresh at a time
 
@@ -135,17 +142,28 @@ class ModelWatcher:
         for version in [v for v, (files, _) in failures.items()
                         if disk.fingerprints.get(v) != files]:
             del failures[version]  # its files changed (or went): worth another try
+        loaded_files = self._files[style]
         candidates = dict(current.served)
+        # Served versions whose files changed since they were loaded (replaced in place,
+        # or copied in without a rename): loaded again, and the old model serves until the
+        # new one is ready, or on if it fails.
+        stale = {v for v in candidates if disk.fingerprints.get(v, loaded_files.get(v))
+                 != loaded_files.get(v)}
 
         async def usable(version: int) -> bool:
-            if version not in disk.versions or version in failures:
+            if version not in disk.versions:
                 return False
-            if version in candidates:
+            if version in candidates and version not in stale:
                 return True
+            if version in failures:
+                return version in candidates
             model = await self._load(style, version, disk.fingerprints[version])
-            if model is not None:
-                candidates[version] = self._serve(model)
-            return model is not None
+            if model is None:
+                return version in candidates
+            candidates[version] = self._serve(model)
+            loaded_files[version] = disk.fingerprints[version]
+            stale.discard(version)
+            return True
 
         policy = self.settings.policies.get(style, VersionPolicy())
         keep = []
@@ -157,30 +175,45 @@ class ModelWatcher:
                     keep.append(version)
         else:
             keep = [v for v in policy.specific if await usable(v)]
-        labels = current.labels if disk.labels is None else disk.labels
-        label_problem = disk.label_problem
-        usable_labels = {}
-        for label, version in labels.items():
-            if await usable(version):
-                usable_labels[label] = version
-                keep.append(version)
-            else:
-                label_problem = f"label {label!r}: version {version} cannot be served"
+        labels, label_problems = await self._labels(disk, current, usable)
+        keep += labels.values()
         if not keep and current.served:
             # Nothing on disk can serve: the last version served stays rather than none.
             keep = [current.default]
         served = {v: candidates[v] for v in sorted(set(keep))}
         # Loaded this time but not kept (a label that moved on meanwhile): never used.
         self._retire([s for v, s in candidates.items()
-                      if v not in served and v not in current.served])
+                      if v not in served and s is not current.served.get(v)])
         problems = {v: why for v, (_, why) in failures.items() if v in disk.versions}
         if policy.latest is None:
             problems.update({v: "not in the model directory" for v in policy.specific
                              if v not in disk.versions})
-        default = usable_labels.get(DEFAULT_LABEL, max(served, default=None))
-        return StyleState(style, served=served, default=default, labels=usable_labels,
+        default = labels.get(DEFAULT_LABEL, max(served, default=None))
+        return StyleState(style, served=served, default=default, labels=labels,
                           on_disk=disk.versions, problems=problems,
-                          label_problem=label_problem, policy=policy.describe())
+                          label_problem="; ".join(label_problems) or None,
+                          policy=policy.describe())
+
+    @staticmethod
+    async def _labels(disk: StyleOnDisk, current: StyleState, usable
+                      ) -> tuple[dict[str, int], list[str]]:
+        """The labels to serve, each to a version that can serve, and what is wrong with
+        the others. A label moved to a version that cannot serve stays where it was."""
+        wanted = current.labels if disk.labels is None else disk.labels
+        problems = [disk.label_problem] if disk.label_problem else []
+        labels = {}
+        for label, version in wanted.items():
+            if await usable(version):
+                labels[label] = version
+                continue
+            before = current.labels.get(label)
+            if before is not None and before != version and await usable(before):
+                labels[label] = before
+                problems.append(f"label {label!r}: version {version} cannot be served; "
+                                f"it stays on version {before}")
+            else:
+                problems.append(f"label {label!r}: version {version} cannot be served")
+        return labels, problems
 
     async def _load(self, style: Style, version: int,
                     files: Fingerprint) -> LoadedModel | None:

@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from pydantic import TypeAdapter, ValidationError
 
 from app.batching import Batcher
 from app.runtimes import Runner, Runtime, choose, load
+from app.schemas import LayerSummary
 from digit_contract import INPUT_SHAPE, LITERT_FILE, METADATA_FILE, Style
 
 logger = logging.getLogger("digits.registry")
@@ -135,8 +137,10 @@ class ModelRegistry:
                                 status=state.status)
         if label is not None:
             if label not in state.labels:
+                why = (f" ({state.label_problem})" if state.label_problem
+                       and f"label {label!r}" in state.label_problem else "")
                 raise ModelNotFound(
-                    f"Model '{style.value}' has no label '{label}'. Labels: "
+                    f"Model '{style.value}' has no label '{label[:40]}'{why}. Labels: "
                     f"{', '.join(sorted(state.labels)) or 'none'}.", status="missing")
             version = state.labels[label]
         if version is None:
@@ -167,15 +171,27 @@ def load_version(path: Path, style: Style, version: int, device: str,
 
 
 def check_metadata(metadata) -> None:
-    """What the routes read from metadata.json must be there: a version whose file lacks it
-    is a broken version (the next one down serves), not a 500 on /models later."""
+    """What the routes read from metadata.json must be there, with its types: a version
+    whose file lacks it is a broken version (the next one down serves), not a 500 on
+    /models later."""
     summary = metadata.get("summary") if isinstance(metadata, dict) else None
-    if not isinstance(summary, dict) or not SUMMARY_KEYS <= summary.keys():
-        raise ValueError(f"{METADATA_FILE} has no complete model summary")
+    if not isinstance(summary, dict):
+        raise ValueError(f"{METADATA_FILE} has no model summary")
+    wrong = [key for key, kind in SUMMARY_TYPES.items() if type(summary.get(key)) is not kind]
+    if not isinstance(metadata.get("metrics", {}), dict):
+        wrong.append("metrics")
+    if wrong:
+        raise ValueError(f"{METADATA_FILE}: {', '.join(wrong)} missing or of the wrong type")
+    try:
+        LAYERS.validate_python(summary["layers"])
+    except ValidationError as error:
+        raise ValueError(f"{METADATA_FILE}: malformed layer summary "
+                         f"({error.error_count()} problems)") from None
 
 
-SUMMARY_KEYS = {"text", "class_name", "layers", "total_params", "trainable_params",
-                "non_trainable_params"}
+SUMMARY_TYPES = {"text": str, "class_name": str, "layers": list, "total_params": int,
+                 "trainable_params": int, "non_trainable_params": int}
+LAYERS = TypeAdapter(list[LayerSummary])
 
 
 def warm_up(model: LoadedModel) -> None:
@@ -183,6 +199,7 @@ def warm_up(model: LoadedModel) -> None:
     started = time.perf_counter()
     probabilities = model.predict(np.zeros((1, *INPUT_SHAPE), dtype=np.float32))
     if probabilities.shape != (1, 10) or not np.isfinite(probabilities).all():
-        raise ValueError(f"warm-up returned {probabilities.shape} with non-finite values")
+        raise ValueError(f"warm-up returned shape {probabilities.shape}, not (1, 10), or "
+                         "values that are not finite")
     logger.debug("warmed up %s in %.1f ms", model.style.value,
                  (time.perf_counter() - started) * 1000)

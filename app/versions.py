@@ -22,7 +22,9 @@ from digit_contract import Style
 LABELS_FILE = "labels.json"
 DEFAULT_LABEL = "default"
 LABEL_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+VERSION_PATTERN = re.compile(r"0|[1-9][0-9]{0,17}")  # as version directories are named
 MAX_LABELS = 32
+MAX_LABELS_BYTES = 64 * 1024  # read on every poll: a huge file must not stall the loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +66,16 @@ def parse_policy(spec: str) -> VersionPolicy:
         count = spec.removeprefix("latest:")
         if count.isdigit() and int(count) > 0:
             return VersionPolicy(latest=int(count))
-    elif spec and all(part.strip().isdigit() for part in spec.split(",")):
+    elif spec and all(VERSION_PATTERN.fullmatch(part.strip()) for part in spec.split(",")):
         return VersionPolicy(latest=None,
                              specific=tuple(sorted({int(p) for p in spec.split(",")})))
     raise ValueError(f"version policy {spec!r} is not latest, latest:N, all or a list "
                      "of versions such as 1,2")
+
+
+def version_number(text: str) -> int | None:
+    """A version as a path names it ('3'), or None for anything else ('03', '+3', '3.0')."""
+    return int(text) if VERSION_PATTERN.fullmatch(text) else None
 
 
 def read_labels(style_dir: Path) -> dict[str, int]:
@@ -76,11 +83,21 @@ def read_labels(style_dir: Path) -> dict[str, int]:
 
     Raises ValueError when the file is not a small JSON object of label -> version.
     """
+    path = style_dir / LABELS_FILE
     try:
-        text = (style_dir / LABELS_FILE).read_text()
+        with path.open("rb") as file:
+            text = file.read(MAX_LABELS_BYTES + 1)
     except FileNotFoundError:
         return {}
-    return check_labels(json.loads(text))
+    except OSError as error:  # its message would name this machine's path
+        raise ValueError(f"{LABELS_FILE} cannot be read ({error.strerror})") from None
+    if len(text) > MAX_LABELS_BYTES:
+        raise ValueError(f"{LABELS_FILE} is over {MAX_LABELS_BYTES // 1024} KB")
+    try:
+        labels = json.loads(text)
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+        raise ValueError(f"{LABELS_FILE} is not valid JSON ({str(error)[:100]})") from None
+    return check_labels(labels)
 
 
 def check_labels(labels) -> dict[str, int]:
@@ -88,10 +105,11 @@ def check_labels(labels) -> dict[str, int]:
         raise ValueError(f"{LABELS_FILE} must be an object of at most {MAX_LABELS} labels")
     for label, version in labels.items():
         if not LABEL_PATTERN.fullmatch(label):
-            raise ValueError(f"label {label!r} is not lower-case letters, digits, - and _ "
-                             "(at most 32, starting with a letter)")
-        if type(version) is not int or version < 0:
-            raise ValueError(f"label {label!r} must name a version number, not {version!r}")
+            raise ValueError(f"label {label[:40]!r} is not lower-case letters, digits, - "
+                             "and _ (at most 32, starting with a letter)")
+        if type(version) is not int or not 0 <= version < 10**18:
+            raise ValueError(f"label {label!r} must name a version number, not "
+                             f"{str(version)[:40]!r}")
     return dict(labels)
 
 
@@ -99,7 +117,10 @@ def write_labels(style_dir: Path, labels: dict[str, int]) -> None:
     """Replace the style's labels in one rename, so a poll never reads half a file."""
     labels = check_labels(labels)
     temporary = style_dir / f".{LABELS_FILE}.{os.getpid()}"
-    temporary.write_text(json.dumps(labels, indent=2, sort_keys=True) + "\n")
+    with temporary.open("w") as file:
+        file.write(json.dumps(labels, indent=2, sort_keys=True) + "\n")
+        file.flush()
+        os.fsync(file.fileno())  # on disk before it takes the real name
     os.replace(temporary, style_dir / LABELS_FILE)
 
 
@@ -113,19 +134,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("style", choices=[s.value for s in Style])
     parser.add_argument("assign", nargs="*", metavar="LABEL=VERSION")
     parser.add_argument("--remove", action="append", default=[], metavar="LABEL")
+    parser.add_argument("--replace", action="store_true",
+                        help="start from no labels rather than the file's (to repair it)")
     parser.add_argument("--model-dir", type=Path,
                         default=Path(os.environ.get("DIGITS_MODEL_DIR", "models")))
     args = parser.parse_args(argv)
     style_dir = args.model_dir / args.style
-    labels = read_labels(style_dir)
+    if not style_dir.is_dir():
+        parser.error(f"{style_dir} is not a directory (see --model-dir)")
+    try:
+        labels = {} if args.replace else read_labels(style_dir)
+    except ValueError as error:
+        parser.error(f"{error}: rewrite it with --replace")
     for assignment in args.assign:
         label, _, version = assignment.partition("=")
-        if not version.isdigit():
-            parser.error(f"{assignment!r} is not LABEL=VERSION")
+        if not VERSION_PATTERN.fullmatch(version):
+            parser.error(f"{assignment[:60]!r} is not LABEL=VERSION")
         labels[label] = int(version)
     for label in args.remove:
         labels.pop(label, None)
-    if args.assign or args.remove:
+    if args.assign or args.remove or args.replace:
         try:
             write_labels(style_dir, labels)
         except ValueError as error:

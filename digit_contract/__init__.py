@@ -50,7 +50,8 @@ def list_versions(style_dir: Path) -> list[int]:
     return sorted(
         int(entry.name)
         for entry in style_dir.iterdir()
-        # ASCII digits only ('²' is a digit to str.isdigit, not to int), and few of them.
+        # Written as the number is ('03' would be loaded from '3'): ASCII digits ('²' is a
+        # digit to str.isdigit, not to int), no leading zero, and not too many.
         if entry.is_dir() and entry.name.isascii() and entry.name.isdigit()
-        and len(entry.name) <= 18
+        and len(entry.name) <= 18 and str(int(entry.name)) == entry.name
     )

@@ -18,6 +18,7 @@ from app.schemas import (
     VersionList,
     error_responses,
 )
+from app.versions import version_number
 from digit_contract import Style
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -45,13 +46,14 @@ async def list_versions(style: Style, service: ServiceDep) -> VersionList:
 
 
 @router.get("/{style}/versions/{version}", responses=error_responses(404))
-async def get_version(style: Style, version: int, service: ServiceDep) -> VersionInfo:
+async def get_version(style: Style, version: str, service: ServiceDep) -> VersionInfo:
     """One version's state, labels, device, source and metrics."""
     state = style_state(service.registry, style)
-    if version not in {*state.on_disk, *state.served, *state.problems}:
-        raise ModelNotFound(f"'{style.value}' has no version {version}. Versions: "
+    number = version_number(version)
+    if number not in {*state.on_disk, *state.served, *state.problems}:
+        raise ModelNotFound(f"'{style.value}' has no version '{version[:20]}'. Versions: "
                             f"{', '.join(map(str, state.on_disk)) or 'none'}.", "missing")
-    return describe_version(state, version)
+    return describe_version(state, number)
 
 
 SUMMARY_RESPONSES = {200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
@@ -67,10 +69,20 @@ async def get_summary(style: Style, service: ServiceDep,
 
 @router.get("/{style}/versions/{version}/summary", response_model=ModelSummary,
             responses=SUMMARY_RESPONSES)
-async def get_version_summary(style: Style, version: int, service: ServiceDep,
+async def get_version_summary(style: Style, version: str, service: ServiceDep,
                               format: Literal["json", "text"] = "json"):
     """The Keras summary of one served version."""
-    return summary_of(service.registry.resolve(style, version).model, format)
+    return summary_of(service.registry.resolve(style, served_version(style, version)).model,
+                      format)
+
+
+def served_version(style: Style, version: str) -> int:
+    """A version path segment as a number; anything not written as one names no version."""
+    number = version_number(version)
+    if number is None:
+        raise ModelNotFound(f"'{style.value}' has no version '{version[:20]}': versions are "
+                            "numbers such as 1 or 2.", "missing")
+    return number
 
 
 def summary_of(model: LoadedModel, format: str):

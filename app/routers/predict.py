@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
 
+from app.routers.models import served_version
 from app.schemas import PredictResponse, error_responses
 from app.uploads import read_uploads
 from digit_contract import Style
@@ -115,12 +116,12 @@ def _debug(request: Request) -> bool:
 @router.post("/models/{style}/versions/{version}/predict",
              openapi_extra=REQUEST_BODY, response_model=PredictResponse,
              responses=PREDICT_ERRORS)
-async def predict_with_version(request: Request, style: Style, version: int,
+async def predict_with_version(request: Request, style: Style, version: str,
                                debug: bool = Query(False, description=DEBUG_DESCRIPTION)
                                ) -> Response:
     """Classify one or more digit images with one version of a style (any served one:
     see GET /models/{style}/versions)."""
-    return await _predict(request, style, debug, version=version)
+    return await _predict(request, style, debug, version=served_version(style, version))
 
 
 @router.post("/models/{style}/labels/{label}/predict",

@@ -4,6 +4,7 @@ side, labels move at run time, and a broken version never takes traffic."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ from app.service import PredictionService
 from app.settings import Settings
 from app.uploads import Upload
 from app.versions import LABELS_FILE, parse_policies, read_labels, write_labels
-from digit_contract import LITERT_FILE, Style
+from digit_contract import LITERT_FILE, METADATA_FILE, Style
 from tests.conftest import REPO_ROOT
 from tests.images import draw_one, encode
 from tests.servers import resident_mib, start_server
@@ -130,8 +131,10 @@ def test_several_versions_serve_side_by_side_under_a_policy(one_style):
         absent = client.post("/models/sequential/versions/2/predict", content=PNG,
                              headers=PNG_HEADERS)
         assert absent.status_code == 404 and "Served versions: 1, 3" in absent.json()["detail"]
-        assert client.post("/models/sequential/versions/x/predict", content=PNG,
-                           headers=PNG_HEADERS).status_code == 422
+        # Only a number as its directory is named names a version.
+        for odd in ("x", "03", "+3", "3.0", "1_0"):
+            assert client.post(f"/models/sequential/versions/{odd}/predict", content=PNG,
+                               headers=PNG_HEADERS).status_code == 404, odd
 
 
 def test_labels_move_at_run_time_and_roll_back(one_style):
@@ -296,3 +299,77 @@ def test_ten_reloads_do_not_grow_memory(real_model_dir):
         server.wait(15)
     # After the first reload (which pays for the lifecycle's own first use), ten more.
     assert resident[-1] <= resident[0] * 1.10, resident
+
+
+def test_what_an_operator_can_break_is_reported_and_never_stops_the_rest(one_style):
+    """From an outside attack: a labels file too deep for the JSON parser, metadata with
+    fields of the wrong type, a label moved to a broken version, a version directory named
+    '03'. Each is reported; polling and everything that served go on."""
+    style_dir = one_style / "sequential"
+    publish_version(style_dir, 2, style_dir / "1")
+    write_labels(style_dir, {"default": 1})
+    (one_style / "functional").mkdir()
+    with lifecycle_client(one_style) as client:
+        assert predicted_version(client) == 1
+        (style_dir / LABELS_FILE).write_text("[" * 50_000)  # deeper than the parser goes
+        wait_for(lambda: "not valid JSON" in (client.get("/models/sequential").json()
+                                               ["detail"] or ""), what="the report")
+        assert predicted_version(client) == 1  # the labels in force stay
+        # Polling goes on, for this style and the others.
+        publish_version(one_style / "functional", 1, style_dir / "1")
+        wait_for(lambda: client.get("/models/functional").json()["status"] == "ready",
+                 what="functional version 1")
+
+        broken = json.loads((style_dir / "1" / METADATA_FILE).read_text())
+        broken["summary"]["total_params"] = "lots"
+        staging = style_dir / ".staging-3"
+        shutil.copytree(style_dir / "1", staging)
+        (staging / METADATA_FILE).write_text(json.dumps(broken))
+        os.rename(staging, style_dir / "3")
+        wait_for(lambda: client.get("/models/sequential/versions/3").json().get("status")
+                 == "failed", what="version 3 reported broken")
+        assert client.get("/models").status_code == 200
+
+        # The default label moved to the broken version stays where it was.
+        write_labels(style_dir, {"default": 3})
+        wait_for(lambda: "stays on version 1" in (client.get("/models/sequential").json()
+                                                  ["detail"] or ""), what="the report")
+        assert predicted_version(client) == 1
+
+        publish_version(style_dir, 4, style_dir / "1")
+        os.rename(style_dir / "4", style_dir / "04")
+        time.sleep(POLL_S * 5)
+        assert 4 not in client.get("/models/sequential").json()["versions"]
+
+
+def test_a_version_changed_in_place_is_loaded_again(one_style):
+    """A version copied in without a rename may be loaded half-copied (here: before its
+    LiteRT file, so on TensorFlow); once its files change it is loaded again."""
+    style_dir = one_style / "sequential"
+    (style_dir / "2").mkdir()
+    for item in (style_dir / "1").iterdir():
+        if item.name != LITERT_FILE:
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, style_dir / "2" / item.name)
+    with lifecycle_client(one_style) as client:
+        assert client.get("/models/sequential/versions/2").json()["runtime"] == "tensorflow"
+        shutil.copy(style_dir / "1" / LITERT_FILE, style_dir / "2" / LITERT_FILE)
+        wait_for(lambda: client.get("/models/sequential/versions/2").json()["runtime"]
+                 == "litert", what="version 2 loaded again")
+        assert predicted_version(client) == 2
+
+
+@pytest.mark.parametrize("arguments", [
+    ["sequential", "stable=²"], ["sequential", "stable=" + "9" * 5000], ["sequential", "x"],
+    ["subclassed", "stable=1"], ["sequential"]])
+def test_the_labels_tool_explains_instead_of_crashing(one_style, arguments):
+    (one_style / "sequential" / LABELS_FILE).write_text("{broken")
+    done = subprocess.run([sys.executable, "-m", "app.versions", *arguments, "--model-dir",
+                           str(one_style)], capture_output=True, text=True, cwd=REPO_ROOT,
+                          timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "error:" in done.stderr
+    # And it can repair the file.
+    fixed = subprocess.run([sys.executable, "-m", "app.versions", "sequential", "stable=1",
+                            "--replace", "--model-dir", str(one_style)], capture_output=True,
+                           text=True, cwd=REPO_ROOT, timeout=60)
+    assert fixed.returncode == 0 and read_labels(one_style / "sequential") == {"stable": 1}
