@@ -33,6 +33,7 @@ lint: $(STAMP)
 train: $(STAMP)
 	$(BIN)/python -m training --style all --data $(DATA)
 
+# Needs wrk and, for Triton's perf_analyzer, libb64: apt-get install wrk libb64-0d.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench import perf_analyzer
 from scripts.realworld_images import encode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -206,14 +207,24 @@ def run(seconds: int, out_dir: Path) -> dict:
         results["naive"] = wrk(base + "/predict", single, 32, seconds)
 
     print("digit-service…", flush=True)
+    grpc_port = free_port()
     with server([python, "-m", "app", "--port", "{port}", "--workers", str(WORKERS)], "/readyz",
-                env={"DIGITS_LOG_LEVEL": "warning"}, log=logs / "service.log",
-                processes=WORKERS) as (base, process, cold):
+                env={"DIGITS_LOG_LEVEL": "warning", "DIGITS_GRPC_PORT": str(grpc_port)},
+                log=logs / "service.log", processes=WORKERS) as (base, process, cold):
         results["service_cold_start_s"] = cold
         results["service_rss_mb_ready"] = rss_mb(process.pid)
         wrk(base + "/predict", single, 32, 2)
         results["service"] = {c: wrk(base + "/predict", single, c, seconds) for c in CONCURRENCY}
         results["service_batch64"] = wrk(base + "/predict", batch64, 8, seconds)
+        # The standard protocols, driven by Triton's perf_analyzer (bench/perf_analyzer.py):
+        # FP32 [1, 28, 28, 1] tensors to the same server.
+        print("digit-service over Open Inference Protocol v2 (perf_analyzer)…", flush=True)
+        results["oip_http"] = {c: perf_analyzer.measure(base.removeprefix("http://"), "http",
+                                                        "sequential", c, seconds)
+                               for c in CONCURRENCY}
+        results["oip_grpc"] = {c: perf_analyzer.measure(f"127.0.0.1:{grpc_port}", "grpc",
+                                                        "sequential", c, seconds)
+                               for c in CONCURRENCY}
         results["service_rss_mb_after"] = rss_mb(process.pid)
     results["targets"] = check_targets(results)
     write_report(results, out_dir)
@@ -224,7 +235,9 @@ def run(seconds: int, out_dir: Path) -> dict:
 def check_targets(r: dict) -> list[dict]:
     at32, at1, at64 = r["service"][32], r["service"][1], r["service"][64]
     batch_images = r["service_batch64"]["requests_per_s"] * 64
-    errors = sum(m["errors"] for m in r["service"].values()) + r["service_batch64"]["errors"]
+    protocols = [*r["oip_http"].values(), *r["oip_grpc"].values()]
+    errors = (sum(m["errors"] for m in [*r["service"].values(), *protocols])
+              + r["service_batch64"]["errors"])
     targets = [
         ("req/s at c=32 vs HTTP floor", at32["requests_per_s"] / r["floor"]["requests_per_s"],
          0.5, "ratio"),
@@ -234,6 +247,12 @@ def check_targets(r: dict) -> list[dict]:
         ("64-image requests vs raw batch-128 ceiling (images/s)",
          batch_images / r["raw"]["batch_128_images_per_s"], 0.4, "ratio"),
         ("p99 at c=64 (ms, at most)", at64["p99_ms"], 100.0, "max"),
+        ("OIP v2 gRPC req/s at c=32 vs /predict at c=32",
+         r["oip_grpc"][32]["requests_per_s"] / at32["requests_per_s"], 1.0, "ratio"),
+        ("OIP v2 HTTP req/s at c=32 vs /predict at c=32",
+         r["oip_http"][32]["requests_per_s"] / at32["requests_per_s"], 0.8, "ratio"),
+        ("OIP v2 p99 at c=32, HTTP and gRPC (ms, at most)",
+         max(r["oip_http"][32]["p99_ms"], r["oip_grpc"][32]["p99_ms"]), 30.0, "max"),
         ("errors (at most)", errors, 0, "max"),
     ]
     return [{"target": name, "measured": value, "goal": goal,
@@ -257,13 +276,19 @@ def markdown(r: dict) -> str:
             ("(reference: raw body read, no form parsing)", 32, r["floor_bare"]),
             ("naive `model.predict` per request", 32, r["naive"]),
             *[("digit-service, 1 image/request", c, m) for c, m in r["service"].items()],
-            ("digit-service, 64 images/request", 8, r["service_batch64"])]
+            ("digit-service, 64 images/request", 8, r["service_batch64"]),
+            *[("OIP v2 HTTP, binary FP32 tensors (perf_analyzer)", c, m)
+              for c, m in r["oip_http"].items()],
+            *[("OIP v2 gRPC, FP32 tensors (perf_analyzer)", c, m)
+              for c, m in r["oip_grpc"].items()]]
     lines = [
         f"# Benchmark {r['date']}", "",
         f"{r['cpus']} CPUs, one server at a time; the floor and digit-service each run as "
         f"{r['workers']} server process(es) (uvicorn, uvloop, httptools, an SO_REUSEPORT socket "
         "each), the naive service as one; `wrk -t1`, "
-        f"{r['seconds_per_run']} s per run, multipart PNG uploads of held-out MNIST digits. "
+        f"{r['seconds_per_run']} s per run, multipart PNG uploads of held-out MNIST digits; "
+        "the Open Inference Protocol rows are Triton's `perf_analyzer` (synchronous requests, "
+        "one FP32 [1, 28, 28, 1] tensor each) against the same digit-service. "
         "Reproduce: `make bench`.", "",
         "| what | concurrency | req/s | images/s | p50 ms | p99 ms | errors |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -324,6 +349,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install wrk")
+    perf_analyzer.install()
     run(args.seconds, args.out)
 
 

@@ -243,3 +243,20 @@ def test_grpc_errors_are_status_codes(grpc_client):
     with pytest.raises(InferenceServerException, match=r"image_bytes\[0\]") as unreadable:
         client.infer("sequential_image", [broken])
     assert unreadable.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_the_kserve_manifest_asks_for_the_v2_protocol_on_kserve_ports():
+    yaml = pytest.importorskip("yaml")
+    runtime, service = yaml.safe_load_all(
+        (REPO_ROOT / "deploy" / "kserve" / "inferenceservice.yaml").read_text())
+    assert (runtime["kind"], service["kind"]) == ("ServingRuntime", "InferenceService")
+    model = service["spec"]["predictor"]["model"]
+    assert model["protocolVersion"] == "v2" and model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] in [f["name"] for f in
+                                            runtime["spec"]["supportedModelFormats"]]
+    assert "v2" in runtime["spec"]["protocolVersions"]
+    [container] = runtime["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    # KServe sends HTTP to 8080 and gRPC to 8081, and probes the v2 readiness route.
+    assert env["DIGITS_PORT"] == "8080" and env["DIGITS_GRPC_PORT"] == "8081"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
