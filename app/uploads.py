@@ -145,11 +145,13 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float = 60.0,
     body_start = request.scope.get("extensions", {}).get(BODY_START)
     try:
         async with asyncio.timeout(timeout_s):
-            if body_start is not None and check_prefix is not None:
+            if body_start is not None:
+                # Called whether or not there is a check: the protocol holds a large body
+                # at its first bytes until the app asks for them.
                 prefix = await body_start()
-                if prefix is not None:
+                if prefix is not None and check_prefix is not None:
                     await _refuse_by_start(check_prefix, prefix)
-                    del prefix  # not held while the rest arrives
+                del prefix  # not held while the rest arrives
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > max_bytes:

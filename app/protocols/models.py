@@ -16,7 +16,14 @@ import numpy as np
 from fastapi.responses import JSONResponse
 
 from app.batching import QueueFull
-from app.protocols.tensors import BYTES, FP32, OUTPUT_NAME, InputTensor, ProtocolError
+from app.protocols.tensors import (
+    BYTES,
+    FP32,
+    OUTPUT_NAME,
+    InputTensor,
+    ProtocolError,
+    check_finite,
+)
 from app.registry import ModelNotFound, ModelRegistry, ServedVersion
 from app.uploads import Upload, UploadError
 from digit_contract import INPUT_SHAPE, Style
@@ -127,6 +134,6 @@ def model_input(inputs: list[InputTensor], outputs: tuple[str, ...], image: bool
     if count > max_images:
         raise ProtocolError(413, f"{count} inputs in one request; at most {max_images} "
                             "(DIGITS_MAX_IMAGES_PER_REQUEST).")
-    return tensor.value
+    return tensor.value if image else check_finite(tensor.value, name)
 
 

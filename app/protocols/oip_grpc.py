@@ -37,7 +37,7 @@ from app.protocols.tensors import (
     read_raw,
 )
 from app.registry import ModelNotFound
-from digit_contract import IMAGE_SIZE, INPUT_SHAPE
+from digit_contract import INPUT_SHAPE
 
 logger = logging.getLogger("digits.grpc")
 
@@ -108,7 +108,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                                     request.model_version or None)
             with served:
                 limit = self.settings.max_images_per_request
-                value = model_input(_inputs(request, limit * (1 if image else PIXELS)),
+                value = model_input(_inputs(request, limit),
                                     tuple(o.name for o in request.outputs), image, limit)
                 probabilities = (
                     await classify_images(self.service, served, value, PROTOCOL) if image
@@ -118,7 +118,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             await _abort(context, error)
         except Exception:
             code = "INTERNAL"
-            raise
+            logger.exception("ModelInfer failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "Internal error (see the log).")
         finally:
             self.metrics.grpc_requests.labels("ModelInfer", code).inc()
             self.metrics.grpc_latency.labels("ModelInfer").observe(
@@ -132,35 +133,35 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-PIXELS = IMAGE_SIZE * IMAGE_SIZE
 PROTOCOL = "oip-grpc"
 
 
-def _inputs(request, max_elements: int) -> list[InputTensor]:
+def _inputs(request, max_images: int) -> list[InputTensor]:
     """The request's inputs from raw_input_contents (one per input, in order) or from each
-    input's typed contents; the two are never mixed."""
+    input's typed contents; the two are never mixed. Every count is checked before any
+    element is copied out of the message."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise ProtocolError(400, f"{len(raw)} raw_input_contents for {len(request.inputs)} "
                             "inputs: send one per input, or none and typed contents.")
     inputs = []
     for k, item in enumerate(request.inputs):
-        shape = list(item.shape)
+        name, shape = item.name[:100], list(item.shape)
         if raw:
-            inputs.append(read_raw(item.name, item.datatype, shape, raw[k], max_elements))
+            if item.HasField("contents"):
+                raise ProtocolError(400, f"Input '{name}' has typed contents as well as "
+                                    "raw_input_contents: send one or the other.")
+            inputs.append(read_raw(name, item.datatype, shape, raw[k], max_images))
             continue
-        count = check_shape(item.name, shape, max_elements)
-        if item.datatype == BYTES:
-            value = list(item.contents.bytes_contents)
-        elif item.datatype == FP32:
-            value = np.asarray(item.contents.fp32_contents, dtype=np.float32)
-        else:
-            raise ProtocolError(400, f"Input '{item.name}' is {item.datatype}: send FP32.")
-        if len(value) != count:
-            raise ProtocolError(400, f"Input '{item.name}': {len(value):,} elements for "
-                                f"shape {shape} (which needs {count:,}).")
-        inputs.append(InputTensor(item.name, item.datatype, tuple(shape),
-                                  value if item.datatype == BYTES else value.reshape(shape)))
+        count = check_shape(name, shape, item.datatype, max_images)
+        contents = (item.contents.bytes_contents if item.datatype == BYTES
+                    else item.contents.fp32_contents)
+        if len(contents) != count:
+            raise ProtocolError(400, f"Input '{name}': {len(contents):,} elements for shape "
+                                f"{shape} (which needs {count:,}).")
+        value = (list(contents) if item.datatype == BYTES
+                 else np.asarray(contents, dtype=np.float32).reshape(shape))
+        inputs.append(InputTensor(name, item.datatype, tuple(shape), value))
     return inputs
 
 
@@ -182,7 +183,12 @@ async def start_server(service, settings, metrics, version: str) -> grpc.aio.Ser
     Its message limit is the REST body limit; its socket shares the port with the other
     server processes' (SO_REUSEPORT, grpc's default)."""
     limit = settings.max_upload_bytes
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+    # Each call's message is parsed whole before the service sees it: bound how many can
+    # be held at once, as DIGITS_MAX_BUFFERED_BODY_BYTES bounds HTTP bodies (but never
+    # below 64 calls, so that 64 clients are served). Calls past it get RESOURCE_EXHAUSTED.
+    calls = max(64, settings.max_buffered_body_bytes // limit)
+    server = grpc.aio.server(maximum_concurrent_rpcs=calls,
+                             options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", limit),
                                       ("grpc.so_reuseport", 1)])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(

@@ -9,6 +9,8 @@ protocol's clients expect, with the service's statuses.
 
 from __future__ import annotations
 
+import zlib
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
@@ -30,16 +32,16 @@ from app.protocols.tensors import (
     BYTES,
     FP32,
     OUTPUT_NAME,
+    ProtocolError,
     encode_response,
     parse_infer_request,
 )
 from app.registry import StyleState
 from app.uploads import read_body
-from digit_contract import IMAGE_SIZE, INPUT_SHAPE
+from digit_contract import INPUT_SHAPE
 
 router = APIRouter(prefix="/v2", include_in_schema=False)
 
-PIXELS = IMAGE_SIZE * IMAGE_SIZE
 PROTOCOL = "oip-rest"
 
 
@@ -110,11 +112,12 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
         request.state.model = served.model.style.value
         with served:
             body = await read_body(request, settings.max_upload_bytes, settings.body_timeout_s)
-            max_elements = settings.max_images_per_request * (1 if image else PIXELS)
+            limit = settings.max_images_per_request
+            body = await _decompressed(request, body, settings.max_upload_bytes)
             header = request.headers.get(BINARY_HEADER)
-            parsed = (await run_in_threadpool(parse_infer_request, body, header, max_elements)
+            parsed = (await run_in_threadpool(parse_infer_request, body, header, limit)
                       if len(body) > THREAD_BODY_BYTES
-                      else parse_infer_request(body, header, max_elements))
+                      else parse_infer_request(body, header, limit))
             del body
             value = model_input(parsed.inputs, parsed.outputs, image,
                                 settings.max_images_per_request)
@@ -131,3 +134,29 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     return Response(content, headers=headers)
 
 
+
+
+async def _decompressed(request: Request, body: bytes, max_bytes: int) -> bytes:
+    """The body, inflated when the client compressed it (tritonclient's
+    request_compression_algorithm), to at most `max_bytes` like any other body."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise ProtocolError(415, f"Content-Encoding {encoding[:20]!r}: only gzip and deflate "
+                            "are accepted.")
+    return await run_in_threadpool(inflate, body, max_bytes)
+
+
+def inflate(body: bytes, max_bytes: int) -> bytes:
+    inflater = zlib.decompressobj(wbits=47)  # gzip or zlib, told by the header
+    try:
+        inflated = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as error:
+        raise ProtocolError(400, f"The compressed body is corrupt: {error}") from None
+    if len(inflated) > max_bytes:
+        raise ProtocolError(413, f"The body inflates to over {max_bytes:,} bytes "
+                            "(DIGITS_MAX_UPLOAD_BYTES).")
+    if not inflater.eof:
+        raise ProtocolError(400, "The compressed body is truncated.")
+    return inflated

@@ -13,6 +13,7 @@ import binascii
 import dataclasses
 import json
 import math
+import re
 import struct
 
 import numpy as np
@@ -52,50 +53,68 @@ class InferRequest:
     outputs: tuple[str, ...]
 
 
-def parse_infer_request(body: bytes, header_length: str | None, max_elements: int
+def parse_infer_request(body: bytes, header_length: str | None, max_images: int
                         ) -> InferRequest:
     """The request of an `infer` call: JSON, or JSON then a binary tail when the header
     `Inference-Header-Content-Length` gives the JSON's length."""
     tail = b""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
-            raise ProtocolError(400, f"Inference-Header-Content-Length {header_length!r} is "
-                                f"not a length within the {len(body):,}-byte body.")
+        if not LENGTH.fullmatch(header_length) or int(header_length) > len(body):
+            raise ProtocolError(400, f"Inference-Header-Content-Length {header_length[:20]!r} "
+                                f"is not a length within the {len(body):,}-byte body.")
         split = int(header_length)
         if split == 0:
             raise ProtocolError(400, "Raw binary requests (Inference-Header-Content-Length "
                                 "0) are not supported: send a JSON header before the data.")
         body, tail = body[:split], body[split:]
-    document = _load_json(body)
+    document = load_json(body, max_images * PIXELS)
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list) \
             or not document["inputs"]:
         raise ProtocolError(400, "The request must be a JSON object with a non-empty "
                             "'inputs' list.")
     reader = _Tail(tail)
-    inputs = [_read_input(item, reader, max_elements) for item in document["inputs"]]
+    inputs = [_read_input(item, reader, max_images) for item in document["inputs"]]
     if reader.left():
         raise ProtocolError(400, f"{reader.left():,} bytes of binary data follow the inputs "
                             "that no input's binary_data_size accounts for.")
-    parameters = _parameters(document, "request")
     requested = document.get("outputs") or []
     if not isinstance(requested, list) or not all(isinstance(o, dict) for o in requested):
         raise ProtocolError(400, "'outputs' must be a list of objects with a 'name'.")
-    binary = bool(parameters.get("binary_data_output", False))
+    binary = _flag(_parameters(document, "request"), "binary_data_output")
     names = []
     for output in requested:
         names.append(output.get("name"))
         if "binary_data" in _parameters(output, "output"):
-            binary = bool(output["parameters"]["binary_data"])
+            binary = _flag(output["parameters"], "binary_data")
     request_id = document.get("id")
-    return InferRequest(id=request_id if isinstance(request_id, str) else None,
-                        inputs=inputs, binary_output=binary, outputs=tuple(names))
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError(400, "The request's 'id' must be a string.")
+    return InferRequest(id=request_id, inputs=inputs, binary_output=binary,
+                        outputs=tuple(names))
 
 
-def _load_json(body: bytes):
+LENGTH = re.compile(r"[0-9]{1,12}")
+PIXELS = 28 * 28
+MAX_DIMENSIONS = 8
+
+
+def load_json(body: bytes, max_values: int):
+    """JSON, refused with 413 first when it holds more values than any accepted request
+    could (a body of "0,0,0,..." would become millions of Python objects)."""
+    if body.count(b",") > max_values + 10_000:
+        raise ProtocolError(413, f"The request holds more values than the {max_values:,} "
+                            "a request may send.")
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
         raise ProtocolError(400, f"The request is not valid JSON: {str(error)[:200]}") from None
+
+
+def _flag(parameters: dict, name: str) -> bool:
+    value = parameters.get(name, False)
+    if type(value) is not bool:
+        raise ProtocolError(400, f"Parameter '{name}' must be true or false.")
+    return value
 
 
 def _parameters(item: dict, what: str) -> dict:
@@ -122,13 +141,14 @@ class _Tail:
         return len(self.data) - self.offset
 
 
-def _read_input(item, tail: _Tail, max_elements: int) -> InputTensor:
+def _read_input(item, tail: _Tail, max_images: int) -> InputTensor:
     if not isinstance(item, dict):
         raise ProtocolError(400, "Each input must be an object with name, shape, datatype.")
     name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
     if not isinstance(name, str) or not isinstance(datatype, str):
         raise ProtocolError(400, "Each input needs a string 'name' and 'datatype'.")
-    count = check_shape(name, shape, max_elements)
+    name = name[:100]
+    count = check_shape(name, shape, datatype, max_images)
     size = _parameters(item, "input").get("binary_data_size")
     if size is not None:
         if type(size) is not int or size < 0:
@@ -136,51 +156,57 @@ def _read_input(item, tail: _Tail, max_elements: int) -> InputTensor:
                                 "non-negative integer.")
         if "data" in item:
             raise ProtocolError(400, f"Input '{name}' has both 'data' and binary data.")
-        return read_raw(name, datatype, shape, tail.take(size, name), max_elements)
+        return read_raw(name, datatype, shape, tail.take(size, name), max_images)
     if "data" not in item:
         raise ProtocolError(400, f"Input '{name}' has neither 'data' nor binary_data_size.")
     value = (_json_bytes(item["data"], count, name) if datatype == BYTES
-             else _json_numbers(item["data"], datatype, shape, name))
+             else _json_numbers(item["data"], shape, name))
     return InputTensor(name, datatype, tuple(shape), value)
 
 
-def check_shape(name: str, shape, max_elements: int) -> int:
-    """The element count of a valid shape."""
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise ProtocolError(400, f"Input '{name}': 'shape' must be a list of non-negative "
-                            "integers.")
-    count = math.prod(shape)
-    if count > max_elements:
-        raise ProtocolError(413, f"Input '{name}' has {count:,} elements; at most "
-                            f"{max_elements:,} are accepted.")
-    return count
+def check_shape(name: str, shape, datatype: str, max_images: int) -> int:
+    """The element count of a valid shape of a datatype the models take, checked before
+    anything is read: at most `max_images` images, or their pixels as FP32."""
+    if datatype not in (FP32, BYTES):
+        raise _unsupported(datatype, name)
+    if not isinstance(shape, list) or len(shape) > MAX_DIMENSIONS or not all(
+            type(d) is int and d >= 0 for d in shape):
+        raise ProtocolError(400, f"Input '{name}': 'shape' must be a list of at most "
+                            f"{MAX_DIMENSIONS} non-negative integers.")
+    limit = max_images if datatype == BYTES else max_images * PIXELS
+    if any(d > limit for d in shape) or math.prod(shape) > limit:
+        raise ProtocolError(413, f"Input '{name}' has over {limit:,} elements, the most a "
+                            f"request may send ({max_images} images).")
+    return math.prod(shape)
 
 
 def read_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview,
-             max_elements: int) -> InputTensor:
+             max_images: int) -> InputTensor:
     """An input sent as raw bytes (a REST binary tail, a gRPC raw_input_contents)."""
-    count = check_shape(name, shape, max_elements)
+    count = check_shape(name, shape, datatype, max_images)
     value = (_bytes_elements(memoryview(raw), count, name) if datatype == BYTES
-             else _fixed_elements(memoryview(raw), datatype, shape, name))
+             else _fixed_elements(memoryview(raw), shape, name))
     return InputTensor(name, datatype, tuple(shape), value)
 
 
-def _fixed_elements(raw: memoryview, datatype: str, shape: list[int], name: str
-                    ) -> np.ndarray:
-    if datatype != FP32:
-        raise _unsupported(datatype, name)
+def _fixed_elements(raw: memoryview, shape: list[int], name: str) -> np.ndarray:
     if len(raw) != 4 * math.prod(shape):
         raise ProtocolError(400, f"Input '{name}': {len(raw):,} bytes of FP32 data for shape "
                             f"{shape} (which needs {4 * math.prod(shape):,}).")
     return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
 
 
-def _json_numbers(data, datatype: str, shape: list[int], name: str) -> np.ndarray:
-    if datatype != FP32:
-        raise _unsupported(datatype, name)
+def check_finite(tensor: np.ndarray, name: str) -> np.ndarray:
+    """Refuse NaN and infinities: the model would answer NaN, which JSON cannot carry."""
+    if not np.isfinite(tensor).all():
+        raise ProtocolError(400, f"Input '{name}' holds NaN or infinite values.")
+    return tensor
+
+
+def _json_numbers(data, shape: list[int], name: str) -> np.ndarray:
     try:
         array = np.asarray(data, dtype=np.float32)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise ProtocolError(400, f"Input '{name}': 'data' must be numbers, flat or nested "
                             "as the shape.") from None
     if array.size != math.prod(shape):

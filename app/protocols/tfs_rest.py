@@ -10,7 +10,6 @@ as `/predict` and `/v2`.
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
@@ -30,7 +29,7 @@ from app.protocols.models import (
     resolve,
 )
 from app.protocols.signatures import read_signatures
-from app.protocols.tensors import ProtocolError, decode_base64
+from app.protocols.tensors import PIXELS, ProtocolError, check_finite, decode_base64, load_json
 from app.registry import ServedVersion
 from app.uploads import read_body
 from digit_contract import INPUT_SHAPE, SIGNATURE_NAME
@@ -132,14 +131,12 @@ def _metadata(model: str, served: ServedVersion, image: bool) -> dict:
 def parse_predict(body: bytes, image: bool, max_images: int
                   ) -> tuple[np.ndarray | list[bytes], bool]:
     """A `:predict` body -> the model's input, and whether it came in row form."""
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError) as error:
-        raise ProtocolError(400, f"The body is not valid JSON: {str(error)[:200]}") from None
+    document = load_json(body, max_images * PIXELS)
     if not isinstance(document, dict):
         raise ProtocolError(400, "The body must be a JSON object with 'instances' or 'inputs'.")
     signature = document.get("signature_name")
-    if signature not in (None, "", SIGNATURE_NAME):
+    # The SavedModel's two signatures ("serve" is Keras' name for the same function).
+    if signature not in (None, "", SIGNATURE_NAME, "serve"):
         raise ProtocolError(400, f"Serving signature name: {str(signature)[:100]!r} not found "
                             f"in signature def; the model has '{SIGNATURE_NAME}'.")
     if ("instances" in document) == ("inputs" in document):
@@ -175,13 +172,13 @@ def _unwrap(value, name: str):
 def _tensor(values: list) -> np.ndarray:
     try:
         tensor = np.asarray(values, dtype=np.float32)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise ProtocolError(400, "Each example must be numbers nested as [28][28][1] "
                             "(float32 in [0, 1], light digit on dark).") from None
     if tensor.shape[1:] != INPUT_SHAPE:
-        raise ProtocolError(400, f"The input has shape {list(tensor.shape)}; the model takes "
-                            f"[-1, {', '.join(map(str, INPUT_SHAPE))}].")
-    return tensor
+        raise ProtocolError(400, f"The input has shape {list(tensor.shape)[:8]}; the model "
+                            f"takes [-1, {', '.join(map(str, INPUT_SHAPE))}].")
+    return check_finite(tensor, TENSOR_INPUT)
 
 
 def _images(values: list) -> list[bytes]:

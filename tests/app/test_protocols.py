@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 
 import httpx
 import numpy as np
@@ -260,3 +261,89 @@ def test_the_kserve_manifest_asks_for_the_v2_protocol_on_kserve_ports():
     # KServe sends HTTP to 8080 and gRPC to 8081, and probes the v2 readiness route.
     assert env["DIGITS_PORT"] == "8080" and env["DIGITS_GRPC_PORT"] == "8081"
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+
+
+# --- from an outside attack on the adapters ---------------------------------------------
+
+def test_bodies_past_the_first_256_kb_are_read(client, service, native):
+    """The server's HTTP protocol holds a large body at its start until the app asks for
+    it: the protocols must ask, or their clients wait 60 s for a 408."""
+    _, tensors = native
+    many = np.repeat(tensors, 34, axis=0)  # 102 digits: 320 KB as binary FP32
+    item = triton.InferInput("image", list(many.shape), "FP32")
+    item.set_data_from_numpy(many)
+    started = time.monotonic()
+    answer = client.infer("sequential", [item]).as_numpy("output_0")
+    assert answer.shape == (102, 10) and time.monotonic() - started < 10
+    rows = httpx.post(f"{service}/v1/models/sequential:predict", timeout=30,
+                      content=json.dumps({"instances": many[:128].tolist()}))
+    assert rows.status_code == 200 and len(rows.json()["predictions"]) == 102
+    too_many = httpx.post(f"{service}/v1/models/sequential_image:predict", timeout=30,
+                          content=json.dumps({"instances": [{"b64": "AAAA"}] * 257}))
+    assert too_many.status_code == 413
+
+
+def test_compressed_requests_are_inflated_within_the_body_limit(client, native):
+    probabilities, tensors = native
+    item = triton.InferInput("image", list(tensors.shape), "FP32")
+    item.set_data_from_numpy(tensors)
+    result = client.infer("sequential", [item], request_compression_algorithm="gzip")
+    assert np.abs(result.as_numpy("output_0") - probabilities).max() < 1e-5
+
+
+TENSOR = {"name": "image", "datatype": "FP32", "shape": [1, 28, 28, 1]}
+
+
+@pytest.mark.parametrize(("body", "headers", "status"), [
+    ({"inputs": [{**TENSOR, "data": [int("1" + "0" * 400)] + [0] * 783}]}, {}, 400),
+    ({"inputs": [{**TENSOR, "shape": [10**10] * 5, "data": [0]}]}, {}, 413),
+    ({"inputs": [{**TENSOR, "shape": [10**10] * 500, "data": [0]}]}, {}, 400),
+    ({"inputs": [{**TENSOR, "shape": [1] * 65, "data": [0]}]}, {}, 400),
+    ({"inputs": [{**TENSOR, "shape": [0, 10**30], "data": []}]}, {}, 413),
+    ({"inputs": [{**TENSOR, "data": [float("nan")] * 784}]}, {}, 400),
+    ({"inputs": [{**TENSOR, "data": [1e39] * 784}]}, {}, 400),
+    ({"inputs": [{**TENSOR, "data": [0] * 784}], "parameters": {"binary_data_output": "no"}},
+     {}, 400),
+    ({"inputs": [{**TENSOR, "data": [0] * 784}], "id": 7}, {}, 400),
+    ({"inputs": [{**TENSOR, "data": [0] * 784}]},
+     {"inference-header-content-length": "9" * 5000}, 400),
+    ({"inputs": [{**TENSOR, "data": [0] * 784}]}, {"inference-header-content-length": "²"},
+     400),
+    ({"inputs": [{**TENSOR, "data": [0] * 784}]}, {"content-encoding": "br"}, 415),
+    ({"inputs": [{**TENSOR, "datatype": "BYTES", "shape": [200_000],
+                  "data": ["AAAA"] * 3}]}, {}, 413),
+])
+def test_oip_refuses_what_it_cannot_use_with_a_4xx(service, body, headers, status):
+    content = json.dumps(body).encode()
+    headers = {key: value.encode() if value == "²" else value for key, value in headers.items()}
+    answer = httpx.post(f"{service}/v2/models/sequential/infer", content=content,
+                        headers=headers)
+    assert answer.status_code == status, answer.text
+    assert set(answer.json()) == {"error"}
+
+
+@pytest.mark.parametrize("instances", [[[[[1e39]] * 28] * 28], [[[["nan"]] * 28] * 28]])
+def test_tfs_refuses_values_the_answer_could_not_carry(service, instances):
+    answer = httpx.post(f"{service}/v1/models/sequential:predict",
+                        content=json.dumps({"instances": instances}))
+    assert answer.status_code == 400 and "NaN" in answer.json()["error"]
+
+
+def test_grpc_counts_are_checked_before_anything_is_copied(grpc_client):
+    grpc_api, client = grpc_client
+    from tritonclient.grpc import service_pb2
+
+    stub = client._client_stub
+    request = service_pb2.ModelInferRequest(model_name="sequential_image")
+    item = request.inputs.add(name="image_bytes", datatype="BYTES", shape=[1])
+    item.contents.bytes_contents.extend([b""] * 2_000_000)
+    started = time.monotonic()
+    with pytest.raises(Exception, match="2,000,000 elements") as refused:
+        stub.ModelInfer(request)
+    assert "INVALID_ARGUMENT" in str(refused.value) and time.monotonic() - started < 5
+    mixed = service_pb2.ModelInferRequest(model_name="sequential")
+    tensor = mixed.inputs.add(name="image", datatype="FP32", shape=[1, 28, 28, 1])
+    tensor.contents.fp32_contents.extend([0.0] * 784)
+    mixed.raw_input_contents.append(b"\0" * 4 * 784)
+    with pytest.raises(Exception, match="typed contents as well"):
+        stub.ModelInfer(mixed)
