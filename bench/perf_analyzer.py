@@ -13,11 +13,14 @@ from __future__ import annotations
 import csv
 import ctypes.util
 import io
+import json
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+import numpy as np
 
 TRITONCLIENT = "tritonclient==2.50.0"
 CUDA_RUNTIME = "nvidia-cuda-runtime-cu12"
@@ -52,13 +55,20 @@ def install() -> Path:
     return LAUNCHER
 
 
-def measure(url: str, protocol: str, model: str, concurrency: int, seconds: float) -> dict:
-    """perf_analyzer at one concurrency: FP32 [1, 28, 28, 1] random tensors, synchronous
-    requests, binary tensors over HTTP; its stable throughput and client latencies."""
+def measure(url: str, protocol: str, model: str, concurrency: int, seconds: float,
+            digits: np.ndarray) -> dict:
+    """perf_analyzer at one concurrency: FP32 [1, 28, 28, 1] tensors of `digits` (uint8
+    [n, 28, 28], scaled as the models take them; perf_analyzer's own random data would be
+    random bits, NaN among them), synchronous requests, binary tensors over HTTP; its stable
+    throughput and client latencies."""
     with tempfile.TemporaryDirectory() as scratch:
-        report = Path(scratch) / "report.csv"
+        report, data = Path(scratch) / "report.csv", Path(scratch) / "digits.json"
+        data.write_text(json.dumps({"data": [
+            {"image": {"content": (digit.astype(np.float32) / 255).ravel().tolist(),
+                       "shape": [28, 28, 1]}} for digit in digits]}))
         done = subprocess.run(
             [str(install()), "-m", model, "-u", url, "-i", protocol, "-b", "1",
+             "--input-data", str(data),
              "--concurrency-range", str(concurrency),
              "--measurement-interval", str(int(seconds * 1000 / 3)), "--max-trials", "6",
              "--stability-percentage", "20", "-f", str(report)],

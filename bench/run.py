@@ -220,10 +220,10 @@ def run(seconds: int, out_dir: Path) -> dict:
         # FP32 [1, 28, 28, 1] tensors to the same server.
         print("digit-service over Open Inference Protocol v2 (perf_analyzer)…", flush=True)
         results["oip_http"] = {c: perf_analyzer.measure(base.removeprefix("http://"), "http",
-                                                        "sequential", c, seconds)
+                                                        "sequential", c, seconds, digits)
                                for c in CONCURRENCY}
         results["oip_grpc"] = {c: perf_analyzer.measure(f"127.0.0.1:{grpc_port}", "grpc",
-                                                        "sequential", c, seconds)
+                                                        "sequential", c, seconds, digits)
                                for c in CONCURRENCY}
         results["service_rss_mb_after"] = rss_mb(process.pid)
     results["targets"] = check_targets(results)
@@ -288,7 +288,7 @@ def markdown(r: dict) -> str:
         "each), the naive service as one; `wrk -t1`, "
         f"{r['seconds_per_run']} s per run, multipart PNG uploads of held-out MNIST digits; "
         "the Open Inference Protocol rows are Triton's `perf_analyzer` (synchronous requests, "
-        "one FP32 [1, 28, 28, 1] tensor each) against the same digit-service. "
+        "one FP32 [1, 28, 28, 1] tensor of the same digits each) against the same digit-service. "
         "Reproduce: `make bench`.", "",
         "| what | concurrency | req/s | images/s | p50 ms | p99 ms | errors |",
         "|---|---:|---:|---:|---:|---:|---:|",
