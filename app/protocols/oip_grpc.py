@@ -178,6 +178,13 @@ async def _abort(context, error: Exception):
     await context.abort(_code(error), message)
 
 
+# The kernel spreads connections, not calls, over the server processes (SO_REUSEPORT), and
+# a gRPC client keeps a few connections for all its calls: by bad luck most of them land on
+# one process while the other idles. Closing each connection (gracefully: its calls finish)
+# after a few seconds makes clients reconnect, and spreads them again.
+REBALANCING = [("grpc.max_connection_age_ms", 3000), ("grpc.max_connection_age_grace_ms", 30000)]
+
+
 async def start_server(service, settings, metrics, version: str) -> grpc.aio.Server:
     """The gRPC server on settings.host:settings.grpc_port, started on the running loop.
     Its message limit is the REST body limit; its socket shares the port with the other
@@ -190,7 +197,8 @@ async def start_server(service, settings, metrics, version: str) -> grpc.aio.Ser
     server = grpc.aio.server(maximum_concurrent_rpcs=calls,
                              options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", limit),
-                                      ("grpc.so_reuseport", 1)])
+                                      ("grpc.so_reuseport", 1),
+                                      *REBALANCING])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(
         InferenceService(service, settings, metrics, version), server)
     server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
