@@ -14,9 +14,11 @@ import csv
 import ctypes.util
 import io
 import json
+import resource
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -66,6 +68,7 @@ def measure(url: str, protocol: str, model: str, concurrency: int, seconds: floa
         data.write_text(json.dumps({"data": [
             {"image": {"content": (digit.astype(np.float32) / 255).ravel().tolist(),
                        "shape": [28, 28, 1]}} for digit in digits]}))
+        before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
         done = subprocess.run(
             [str(install()), "-m", model, "-u", url, "-i", protocol, "-b", "1",
              "--input-data", str(data),
@@ -73,13 +76,15 @@ def measure(url: str, protocol: str, model: str, concurrency: int, seconds: floa
              "--measurement-interval", str(int(seconds * 1000 / 3)), "--max-trials", "6",
              "--stability-percentage", "20", "-f", str(report)],
             capture_output=True, text=True, timeout=seconds * 10 + 60)
+        after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic() - started
         if done.returncode != 0 or not report.exists():
             return {"requests_per_s": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "errors": 1,
                     "output": (done.stdout + done.stderr)[-2000:]}
         [row] = list(csv.DictReader(io.StringIO(report.read_text())))
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return {"requests_per_s": float(row["Inferences/Second"]),
             "p50_ms": float(row["p50 latency"]) / 1000, "p99_ms": float(row["p99 latency"]) / 1000,
-            "errors": 0}
+            "errors": 0, "client_cores": round(cpu / wall, 2)}
 
 
 if __name__ == "__main__":

@@ -4,3 +4,9 @@ wrk.method = "POST"
 wrk.body = file:read("*a")
 file:close()
 wrk.headers["Content-Type"] = os.getenv("BODY_TYPE")
+-- One more header, "Name: value", when EXTRA_HEADER is set.
+local extra = os.getenv("EXTRA_HEADER")
+if extra and extra ~= "" then
+  local name, value = extra:match("^([^:]+):%s*(.*)$")
+  wrk.headers[name] = value
+end

@@ -121,13 +121,16 @@ def server(command: list[str], ready_path: str, env: dict | None = None, log: Pa
         log_file.close()
 
 
-def wrk(url: str, body: bytes, connections: int, seconds: int) -> dict:
-    """Drive `url` with wrk (one thread) and parse its report."""
+def wrk(url: str, body: bytes, connections: int, seconds: int,
+        content_type: str = f"multipart/form-data; boundary={BOUNDARY}",
+        header: str = "") -> dict:
+    """Drive `url` with wrk (one thread) and parse its report; `header`: one more header,
+    "Name: value"."""
     with tempfile.NamedTemporaryFile(suffix=".body") as body_file:
         body_file.write(body)
         body_file.flush()
-        env = {**os.environ, "BODY_FILE": body_file.name,
-               "BODY_TYPE": f"multipart/form-data; boundary={BOUNDARY}"}
+        env = {**os.environ, "BODY_FILE": body_file.name, "BODY_TYPE": content_type,
+               "EXTRA_HEADER": header}
         command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout",
                    "10s", "-s", str(REPO / "bench" / "post.lua"), url]
         report = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
