@@ -111,10 +111,15 @@ class ModelWatcher:
         """Read the model directory once and bring every style in step with it."""
         async with self._lock:
             for style in Style:
-                disk = await asyncio.to_thread(read_style_dir,
-                                               self.settings.model_dir / style.value)
                 current = self._current().styles.get(style) or StyleState(style)
-                state = await self._refresh_style(style, disk, current)
+                try:
+                    disk = await asyncio.to_thread(read_style_dir,
+                                                   self.settings.model_dir / style.value)
+                    state = await self._refresh_style(style, disk, current)
+                except Exception:  # noqa: BLE001 - one style's trouble never stops the rest
+                    logger.exception("reading %s's versions failed; it serves on as it was",
+                                     style.value)
+                    continue
                 if state != current:
                     registry = self._current()
                     self._publish(ModelRegistry({**registry.styles, style: state}))

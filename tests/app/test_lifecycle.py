@@ -373,3 +373,16 @@ def test_the_labels_tool_explains_instead_of_crashing(one_style, arguments):
                             "--replace", "--model-dir", str(one_style)], capture_output=True,
                            text=True, cwd=REPO_ROOT, timeout=60)
     assert fixed.returncode == 0 and read_labels(one_style / "sequential") == {"stable": 1}
+
+
+def test_odd_entries_in_the_model_directory_stop_nothing(one_style):
+    # A file where a style's directory should be, and a labels "file" that is a directory.
+    (one_style / "functional").write_text("not a directory")
+    (one_style / "subclassed").mkdir()
+    (one_style / "subclassed" / LABELS_FILE).mkdir()
+    with lifecycle_client(one_style) as client:
+        assert predicted_version(client) == 1
+        publish_version(one_style / "subclassed", 1, one_style / "sequential" / "1")
+        wait_for(lambda: client.get("/models/subclassed").json()["status"] == "ready",
+                 what="subclassed version 1")
+        assert client.get("/models/functional").json()["status"] == "missing"
