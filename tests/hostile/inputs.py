@@ -7,9 +7,12 @@ to a real server; `bench/soak.py` mixes them into its load.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
+import gzip
 import io
+import json
 import struct
 import zlib
 
@@ -26,10 +29,11 @@ class Hostile:
     expect: frozenset[int]
     path: str = "/predict"
     was: str = ""  # what it did before this service defended against it
+    headers: str = ""  # more header lines, each ending in CRLF
 
     def request(self, host: str) -> bytes:
         """The whole HTTP/1.1 request."""
-        head = (f"POST {self.path} HTTP/1.1\r\nHost: {host}\r\n"
+        head = (f"POST {self.path} HTTP/1.1\r\nHost: {host}\r\n{self.headers}"
                 f"Content-Type: {self.content_type}\r\nContent-Length: {len(self.body)}\r\n\r\n")
         return head.encode("latin-1") + self.body
 
@@ -155,6 +159,44 @@ def tiff_of_single_row_strips(rows: int = 65_536) -> bytes:
             + struct.pack(f"<{rows}H", *[pixel_at] * rows) + struct.pack(f"<{rows}H", *[1] * rows))
 
 
+def oip_bytes(name: str, elements: list[bytes], lengths: list[int] | None = None
+              ) -> tuple[bytes, int]:
+    """An Open Inference Protocol v2 binary request of one BYTES input, and its JSON
+    header's length; `lengths`: what its length prefixes claim, if not the truth."""
+    tail = b"".join(struct.pack("<I", claimed) + element for claimed, element in
+                    zip(lengths or [len(e) for e in elements], elements, strict=True))
+    head = json.dumps({"inputs": [{"name": name, "datatype": "BYTES", "shape": [len(elements)],
+                                   "parameters": {"binary_data_size": len(tail)}}]}).encode()
+    return head + tail, len(head)
+
+
+def protocol_cases(bomb: bytes) -> tuple[Hostile, ...]:
+    """The same rules through the standard protocols (app/protocols)."""
+    image_bomb, image_head = oip_bytes("image_bytes", [bomb])
+    lying, lying_head = oip_bytes("image_bytes", [digit_png()], [2**31])
+    inflating = gzip.compress(b'{"inputs": [' + b" " * 200_000_000 + b"]}", 9)
+    return (
+        Hostile("oip-json-four-million-zeros", b'{"inputs": [{"name": "image", "datatype": '
+                b'"FP32", "shape": [1, 28, 28, 1], "data": [' + b",".join([b"0"] * 4_000_000)
+                + b"]}]}", "application/json", frozenset({413}),
+                path="/v2/models/sequential/infer"),
+        Hostile("oip-image-bytes-png-claims-3gb", image_bomb, "application/octet-stream",
+                frozenset({400}), path="/v2/models/sequential_image/infer",
+                headers=f"Inference-Header-Content-Length: {image_head}\r\n"),
+        Hostile("oip-bytes-length-prefix-lies", lying, "application/octet-stream",
+                frozenset({400}), path="/v2/models/sequential_image/infer",
+                headers=f"Inference-Header-Content-Length: {lying_head}\r\n"),
+        Hostile("oip-gzip-inflating-to-200mb", inflating, "application/json", frozenset({413}),
+                path="/v2/models/sequential/infer", headers="Content-Encoding: gzip\r\n"),
+        Hostile("tfs-json-four-million-zeros", b'{"instances": [' + b",".join(
+            [b"0"] * 4_000_000) + b"]}", "application/json", frozenset({413}),
+            path="/v1/models/sequential:predict"),
+        Hostile("tfs-b64-webp-6324px", json.dumps({"instances": [{"b64": base64.b64encode(
+            encode(Image.new("L", (6324, 6324)), "WEBP", lossless=True)).decode()}]}).encode(),
+            "application/json", frozenset({413}), path="/v1/models/sequential_image:predict"),
+    )
+
+
 @functools.cache
 def cases() -> tuple[Hostile, ...]:
     """Every hostile request, generated once per process (a few seconds)."""
@@ -221,4 +263,5 @@ def cases() -> tuple[Hostile, ...]:
                   "application/octet-stream", frozenset({415}), was="decoded")
           for name, mode in (("PPM", "RGB"), ("PCX", "RGB"), ("TGA", "RGB"), ("SGI", "RGB"),
                              ("IM", "RGB"), ("JPEG2000", "RGB"))),
+        *protocol_cases(bomb),
     )
