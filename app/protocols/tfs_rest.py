@@ -10,6 +10,7 @@ as `/predict` and `/v2`.
 
 from __future__ import annotations
 
+import logging
 import re
 
 import numpy as np
@@ -29,11 +30,19 @@ from app.protocols.models import (
     resolve,
 )
 from app.protocols.signatures import read_signatures
-from app.protocols.tensors import PIXELS, ProtocolError, check_finite, decode_base64, load_json
+from app.protocols.tensors import (
+    OUTPUT_NAME,
+    PIXELS,
+    ProtocolError,
+    check_finite,
+    decode_base64,
+    load_json,
+)
 from app.registry import ServedVersion
 from app.uploads import read_body
-from digit_contract import INPUT_SHAPE, SIGNATURE_NAME
+from digit_contract import INPUT_SHAPE, NUM_CLASSES, SIGNATURE_NAME
 
+logger = logging.getLogger("digits.tfs")
 router = APIRouter(prefix="/v1", include_in_schema=False)
 PROTOCOL = "tfs-rest"
 
@@ -115,17 +124,39 @@ def _resolve(request: Request, model: str, version: str | None, label: str | Non
 
 
 def _metadata(model: str, served: ServedVersion, image: bool) -> dict:
-    signatures = read_signatures(served.model.path)
+    signatures = _signatures(served.model.path)
     if image:  # the image model's signature: encoded images in, the same output
         signatures = {SIGNATURE_NAME: {
-            "inputs": {IMAGE_INPUT: {"dtype": "DT_STRING", "name": f"{IMAGE_INPUT}:0",
-                                     "tensor_shape": {"dim": [{"size": "-1", "name": ""}],
-                                                      "unknown_rank": False}}},
+            "inputs": {IMAGE_INPUT: _tensor_info("DT_STRING", f"{IMAGE_INPUT}:0", [-1])},
             "outputs": signatures[SIGNATURE_NAME]["outputs"],
             "method_name": "tensorflow/serving/predict"}}
     return {"model_spec": {"name": model, "signature_name": "",
                            "version": str(served.model.version)},
             "metadata": {"signature_def": {"signature_def": signatures}}}
+
+
+def _signatures(saved_model_dir) -> dict:
+    """The SavedModel's signatures; if its saved_model.pb cannot be read (a version can
+    serve from its LiteRT file alone), the signature every version has by contract."""
+    try:
+        signatures = read_signatures(saved_model_dir)
+        signatures[SIGNATURE_NAME]["outputs"]
+    except (OSError, ValueError, KeyError, StopIteration, UnicodeDecodeError):
+        logger.warning("cannot read the signatures of %s; answering the contract's",
+                       saved_model_dir)
+        return {SIGNATURE_NAME: {
+            "inputs": {TENSOR_INPUT: _tensor_info(
+                "DT_FLOAT", f"serving_default_{TENSOR_INPUT}:0", [-1, *INPUT_SHAPE])},
+            "outputs": {OUTPUT_NAME: _tensor_info("DT_FLOAT", "StatefulPartitionedCall:0",
+                                                  [-1, NUM_CLASSES])},
+            "method_name": "tensorflow/serving/predict"}}
+    return signatures
+
+
+def _tensor_info(dtype: str, name: str, shape: list[int]) -> dict:
+    return {"dtype": dtype, "name": name,
+            "tensor_shape": {"dim": [{"size": str(size), "name": ""} for size in shape],
+                             "unknown_rank": False}}
 
 
 def parse_predict(body: bytes, image: bool, max_images: int

@@ -7,13 +7,17 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import time
 
 import httpx
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.main import create_app
+from app.settings import Settings
 from tests.conftest import REPO_ROOT
 from tests.images import draw_one, encode, seven
 from tests.servers import free_port, start_server
@@ -347,3 +351,14 @@ def test_grpc_counts_are_checked_before_anything_is_copied(grpc_client):
     mixed.raw_input_contents.append(b"\0" * 4 * 784)
     with pytest.raises(Exception, match="typed contents as well"):
         stub.ModelInfer(mixed)
+
+
+def test_tfs_metadata_of_a_version_without_a_readable_saved_model(tmp_path):
+    """A version can serve from its LiteRT file alone: its metadata is the contract's."""
+    shutil.copytree(REPO_ROOT / "models" / "sequential" / "2", tmp_path / "sequential" / "1")
+    (tmp_path / "sequential" / "1" / "saved_model.pb").write_bytes(b"\xff" * 10)
+    with TestClient(create_app(Settings(model_dir=tmp_path, device="cpu"))) as local:
+        metadata = local.get("/v1/models/sequential/metadata")
+        assert metadata.status_code == 200, metadata.text
+        signature = metadata.json()["metadata"]["signature_def"]["signature_def"]
+        assert signature["serving_default"]["inputs"]["image"]["dtype"] == "DT_FLOAT"
