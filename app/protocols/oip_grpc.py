@@ -53,6 +53,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, service, settings, metrics, version: str):
         self.service, self.settings, self.metrics = service, settings, metrics
         self.version = version
+        # Looked up once: a labelled series looked up per call costs a lock and more.
+        self._infer_ok = metrics.grpc_requests.labels("ModelInfer", "OK")
+        self._infer_latency = metrics.grpc_latency.labels("ModelInfer")
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -121,9 +124,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             logger.exception("ModelInfer failed")
             await context.abort(grpc.StatusCode.INTERNAL, "Internal error (see the log).")
         finally:
-            self.metrics.grpc_requests.labels("ModelInfer", code).inc()
-            self.metrics.grpc_latency.labels("ModelInfer").observe(
-                time.perf_counter() - started)
+            (self._infer_ok if code == "OK" else
+             self.metrics.grpc_requests.labels("ModelInfer", code)).inc()
+            self._infer_latency.observe(time.perf_counter() - started)
         response = pb.ModelInferResponse(model_name=request.model_name,
                                          model_version=str(served.model.version),
                                          id=request.id)

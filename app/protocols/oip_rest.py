@@ -105,7 +105,10 @@ async def model_ready(request: Request, model: str, version: str | None = None
 
 @router.post("/models/{model}/infer")
 @router.post("/models/{model}/versions/{version}/infer")
-async def infer(request: Request, model: str, version: str | None = None) -> Response:
+async def infer(request: Request) -> Response:
+    # The path is read by hand, as /predict's is: FastAPI's parameter resolution is a few
+    # percent of a single-digit request (app/routers/predict.py).
+    model, version = request.path_params["model"], request.path_params.get("version")
     service, settings = request.state.service, request.state.settings
     try:
         served, image = resolve(service.registry, model, version)

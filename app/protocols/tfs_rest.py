@@ -83,7 +83,8 @@ async def status_or_metadata(request: Request, path: str) -> JSONResponse:
 
 
 @router.post("/models/{path:path}")
-async def predict(request: Request, path: str) -> JSONResponse:
+async def predict(request: Request) -> JSONResponse:
+    # The path is matched by hand (as TensorFlow Serving does), not resolved by FastAPI.
     service, settings = request.state.service, request.state.settings
     match = PREDICT_PATH.fullmatch(request.url.path)
     try:
