@@ -10,10 +10,9 @@ one per element, through the service's own preprocessing. Both answer FP32 `outp
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from app.batching import QueueFull
 from app.protocols.tensors import (
@@ -26,11 +25,11 @@ from app.protocols.tensors import (
 )
 from app.registry import ModelNotFound, ModelRegistry, ServedVersion
 from app.uploads import Upload, UploadError
+from app.versions import version_number
 from digit_contract import INPUT_SHAPE, Style
 
 IMAGE_SUFFIX = "_image"
 TENSOR_INPUT, IMAGE_INPUT = "image", "image_bytes"
-VERSION = re.compile(r"[0-9]{1,18}")
 # Bodies larger than this are parsed, and answers this large encoded, in a thread.
 THREAD_BODY_BYTES = 256 * 1024
 THREAD_ANSWER_ROWS = 64
@@ -65,9 +64,10 @@ def resolve(registry: ModelRegistry, model: str, version: str | None = None,
         names = ", ".join(f"{s.value}, {s.value}{IMAGE_SUFFIX}" for s in Style)
         raise ModelNotFound(f"Unknown model '{model[:100]}'. Models: {names}.",
                             "missing") from None
-    if version is not None and not VERSION.fullmatch(version):
+    number = None if version is None else version_number(version)
+    if version is not None and number is None:
         raise ProtocolError(400, f"Version '{version[:100]}' is not a version number.")
-    return registry.resolve(style, int(version) if version else None, label), image
+    return registry.resolve(style, number, label), image
 
 
 async def classify_images(service, served: ServedVersion, images: list[bytes],
@@ -94,20 +94,29 @@ def _invalid(error: Exception) -> ProtocolError:
 ERRORS = (ModelNotFound, ProtocolError, UploadError, QueueFull)
 
 
-def error_response(error: Exception) -> JSONResponse:
-    headers = None
+def status_of(error: Exception) -> tuple[int, str]:
+    """The HTTP status and message of one of the engine's ERRORS (gRPC maps the status)."""
     if isinstance(error, ProtocolError):
-        status, message = error.status, error.message
-    elif isinstance(error, ModelNotFound):
-        status, message = (503 if error.status == "failed" else 404), str(error)
-    elif isinstance(error, QueueFull):
-        status, message = 503, str(error)
-        headers = {"Retry-After": str(error.retry_after_s)}
-    else:  # UploadError
-        status, message = error.status_code, error.detail
-        if error.close_connection:
-            headers = {"Connection": "close"}
+        return error.status, error.message
+    if isinstance(error, ModelNotFound):
+        return (503 if error.status == "failed" else 404), str(error)
+    if isinstance(error, QueueFull):
+        return 503, str(error)
+    return error.status_code, error.detail  # UploadError
+
+
+def error_response(error: Exception) -> JSONResponse:
+    status, message = status_of(error)
+    headers = ({"Retry-After": str(error.retry_after_s)} if isinstance(error, QueueFull)
+               else {"Connection": "close"} if getattr(error, "close_connection", False)
+               else None)
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def off_the_loop_if(large: bool, function, *args):
+    """`function(*args)`, in a thread when `large`: parsing or encoding a big body would
+    hold the event loop, and a thread hand-off costs more than a small one."""
+    return await run_in_threadpool(function, *args) if large else function(*args)
 
 
 def model_input(inputs: list[InputTensor], outputs: tuple[str, ...], image: bool,

@@ -24,6 +24,7 @@ from app.protocols.models import (
     model_config,
     model_input,
     resolve,
+    status_of,
 )
 from app.protocols.proto import inference_pb2 as pb
 from app.protocols.proto import inference_pb2_grpc as pb_grpc
@@ -36,7 +37,6 @@ from app.protocols.tensors import (
     check_shape,
     read_raw,
 )
-from app.registry import ModelNotFound
 from digit_contract import INPUT_SHAPE
 
 logger = logging.getLogger("digits.grpc")
@@ -169,16 +169,12 @@ def _inputs(request, max_images: int) -> list[InputTensor]:
 
 
 def _code(error: Exception) -> grpc.StatusCode:
-    if isinstance(error, ModelNotFound):
-        return grpc.StatusCode.UNAVAILABLE if error.status == "failed" else \
-            grpc.StatusCode.NOT_FOUND
-    status = getattr(error, "status", None) or getattr(error, "status_code", 503)
-    return CODES.get(status, grpc.StatusCode.UNAVAILABLE)
+    return CODES.get(status_of(error)[0], grpc.StatusCode.UNAVAILABLE)
 
 
 async def _abort(context, error: Exception):
-    message = getattr(error, "message", None) or getattr(error, "detail", None) or str(error)
-    await context.abort(_code(error), message)
+    status, message = status_of(error)
+    await context.abort(CODES.get(status, grpc.StatusCode.UNAVAILABLE), message)
 
 
 # The kernel spreads connections, not calls, over the server processes (SO_REUSEPORT), and

@@ -25,6 +25,7 @@ from app.protocols.models import (
     error_response,
     model_config,
     model_input,
+    off_the_loop_if,
     resolve,
 )
 from app.protocols.tensors import (
@@ -118,9 +119,8 @@ async def infer(request: Request) -> Response:
             limit = settings.max_images_per_request
             body = await _decompressed(request, body, settings.max_upload_bytes)
             header = request.headers.get(BINARY_HEADER)
-            parsed = (await run_in_threadpool(parse_infer_request, body, header, limit)
-                      if len(body) > THREAD_BODY_BYTES
-                      else parse_infer_request(body, header, limit))
+            parsed = await off_the_loop_if(len(body) > THREAD_BODY_BYTES,
+                                           parse_infer_request, body, header, limit)
             del body
             value = model_input(parsed.inputs, parsed.outputs, image,
                                 settings.max_images_per_request)
@@ -131,9 +131,9 @@ async def infer(request: Request) -> Response:
                 probabilities = await service.run_tensor(served, value, PROTOCOL)
     except ERRORS as error:
         return error_response(error)
-    answer = (encode_response, model, served.model.version, parsed, probabilities)
-    content, headers = (await run_in_threadpool(*answer)
-                        if len(probabilities) > THREAD_ANSWER_ROWS else answer[0](*answer[1:]))
+    content, headers = await off_the_loop_if(len(probabilities) > THREAD_ANSWER_ROWS,
+                                             encode_response, model, served.model.version,
+                                             parsed, probabilities)
     return Response(content, headers=headers)
 
 

@@ -19,9 +19,10 @@ DTYPES = {1: "DT_FLOAT", 2: "DT_DOUBLE", 3: "DT_INT32", 4: "DT_UINT8", 5: "DT_IN
 
 
 @functools.lru_cache(maxsize=64)
-def read_signatures(saved_model_dir: Path) -> dict:
+def read_signatures(saved_model_dir: Path, loaded_at: float = 0.0) -> dict:
     """{signature name: SignatureDef as JSON} of the SavedModel's first meta graph, without
-    the internal ones (`__saved_model_init_op`)."""
+    the internal ones (`__saved_model_init_op`). `loaded_at` (when the version was loaded)
+    keys the cache too: a version loaded again after its files changed is read again."""
     data = memoryview((saved_model_dir / "saved_model.pb").read_bytes())
     meta_graph = next(value for field, value in _fields(data) if field == 2)
     signatures = {}

@@ -18,14 +18,12 @@ import struct
 
 import numpy as np
 
+from digit_contract import IMAGE_SIZE
+
 BINARY_HEADER = "inference-header-content-length"
 OUTPUT_NAME = "output_0"
 FP32 = "FP32"
 BYTES = "BYTES"
-# Bytes per element of the fixed-size datatypes a client may send (others are refused
-# with a clear message; the models take FP32 only).
-ELEMENT_SIZES = {"BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8, "INT8": 1,
-                 "INT16": 2, "INT32": 4, "INT64": 8, "FP16": 2, "FP32": 4, "FP64": 8}
 
 
 class ProtocolError(Exception):
@@ -94,7 +92,10 @@ def parse_infer_request(body: bytes, header_length: str | None, max_images: int
 
 
 LENGTH = re.compile(r"[0-9]{1,12}")
-PIXELS = 28 * 28
+PIXELS = IMAGE_SIZE * IMAGE_SIZE
+# The protocol's other datatypes: refused as not what the models take, not as unknown.
+OTHER_DATATYPES = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32",
+                   "INT64", "FP16", "FP64", "BF16"}
 MAX_DIMENSIONS = 8
 
 
@@ -266,7 +267,7 @@ def _flatten(data, name: str, depth: int = 0):
 
 
 def _unsupported(datatype: str, name: str) -> ProtocolError:
-    known = "a datatype this service does not know" if datatype not in ELEMENT_SIZES else \
+    known = "a datatype this service does not know" if datatype not in OTHER_DATATYPES else \
         "not what the model takes"
     return ProtocolError(400, f"Input '{name}' is {datatype}, {known}: send FP32.")
 

@@ -16,7 +16,6 @@ import re
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from app.protocols.models import (
     ERRORS,
@@ -27,6 +26,7 @@ from app.protocols.models import (
     classify_images,
     error_response,
     model_names,
+    off_the_loop_if,
     resolve,
 )
 from app.protocols.signatures import read_signatures
@@ -38,7 +38,7 @@ from app.protocols.tensors import (
     decode_base64,
     load_json,
 )
-from app.registry import ServedVersion
+from app.registry import LoadedModel, ServedVersion
 from app.uploads import read_body
 from digit_contract import INPUT_SHAPE, NUM_CLASSES, SIGNATURE_NAME
 
@@ -99,9 +99,8 @@ async def predict(request: Request) -> JSONResponse:
         request.state.model = served.model.style.value
         with served:
             body = await read_body(request, settings.max_upload_bytes, settings.body_timeout_s)
-            read = (parse_predict, body, image, settings.max_images_per_request)
-            value, row = (await run_in_threadpool(*read) if len(body) > THREAD_BODY_BYTES
-                          else read[0](*read[1:]))
+            value, row = await off_the_loop_if(len(body) > THREAD_BODY_BYTES, parse_predict,
+                                               body, image, settings.max_images_per_request)
             del body
             request.state.images = len(value)
             probabilities = (await classify_images(service, served, value, PROTOCOL) if image
@@ -109,8 +108,7 @@ async def predict(request: Request) -> JSONResponse:
     except ERRORS as error:
         return error_response(error)
     answer = {"predictions" if row else "outputs": probabilities.tolist()}
-    return (JSONResponse(answer) if len(probabilities) <= THREAD_ANSWER_ROWS
-            else await run_in_threadpool(JSONResponse, answer))
+    return await off_the_loop_if(len(probabilities) > THREAD_ANSWER_ROWS, JSONResponse, answer)
 
 
 def _resolve(request: Request, model: str, version: str | None, label: str | None
@@ -125,7 +123,7 @@ def _resolve(request: Request, model: str, version: str | None, label: str | Non
 
 
 def _metadata(model: str, served: ServedVersion, image: bool) -> dict:
-    signatures = _signatures(served.model.path)
+    signatures = _signatures(served.model)
     if image:  # the image model's signature: encoded images in, the same output
         signatures = {SIGNATURE_NAME: {
             "inputs": {IMAGE_INPUT: _tensor_info("DT_STRING", f"{IMAGE_INPUT}:0", [-1])},
@@ -136,15 +134,15 @@ def _metadata(model: str, served: ServedVersion, image: bool) -> dict:
             "metadata": {"signature_def": {"signature_def": signatures}}}
 
 
-def _signatures(saved_model_dir) -> dict:
+def _signatures(model: LoadedModel) -> dict:
     """The SavedModel's signatures; if its saved_model.pb cannot be read (a version can
     serve from its LiteRT file alone), the signature every version has by contract."""
     try:
-        signatures = read_signatures(saved_model_dir)
+        signatures = read_signatures(model.path, model.loaded_at)
         signatures[SIGNATURE_NAME]["outputs"]
     except (OSError, ValueError, KeyError, StopIteration, UnicodeDecodeError):
         logger.warning("cannot read the signatures of %s; answering the contract's",
-                       saved_model_dir)
+                       model.path)
         return {SIGNATURE_NAME: {
             "inputs": {TENSOR_INPUT: _tensor_info(
                 "DT_FLOAT", f"serving_default_{TENSOR_INPUT}:0", [-1, *INPUT_SHAPE])},

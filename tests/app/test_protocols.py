@@ -362,3 +362,12 @@ def test_tfs_metadata_of_a_version_without_a_readable_saved_model(tmp_path):
         assert metadata.status_code == 200, metadata.text
         signature = metadata.json()["metadata"]["signature_def"]["signature_def"]
         assert signature["serving_default"]["inputs"]["image"]["dtype"] == "DT_FLOAT"
+
+
+@pytest.mark.parametrize("version", ["02", "+2", "2.0", "²"])
+def test_protocol_versions_are_numbers_as_written(service, version):
+    """The same rule as /models/{style}/versions/{v}: '02' names no version (it would not
+    be the directory '2')."""
+    answer = httpx.get(f"{service}/v2/models/sequential/versions/{version}/ready")
+    assert answer.status_code == 400 and set(answer.json()) == {"error"}
+    assert httpx.get(f"{service}/v2/models/sequential/versions/2/ready").status_code == 200
