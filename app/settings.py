@@ -33,7 +33,8 @@ class Settings(BaseSettings):
         "", description="Versions served per style: `latest` (the default), `latest:N`, "
         "`all` or a list, e.g. `sequential=1,2;functional=latest:2`. Labelled versions "
         "(models/<style>/labels.json) are served too.")
-    default_model: Style = Field(Style.sequential, description="Style used by POST /predict.")
+    # Subclassed reads real handwriting best (README, Real handwriting).
+    default_model: Style = Field(Style.subclassed, description="Style used by POST /predict.")
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest request body.")
     max_images_per_request: int = Field(256, gt=0)
     max_image_pixels: int = Field(

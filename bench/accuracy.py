@@ -118,6 +118,9 @@ def main() -> None:
     parser.add_argument("--sets", default="dev,mnist,redrawn")
     parser.add_argument("--errors", action="store_true",
                         help="print the dev set's confusions (true -> predicted: count)")
+    parser.add_argument("--runtimes", action="store_true",
+                        help="compare each model's LiteRT file (what a CPU server runs, int8 "
+                             "weights since version 3) with its SavedModel (the GPU path) instead")
     parser.add_argument("--strokes", action="store_true",
                         help="print each set's pen widths (app.preprocessing.stroke_width) "
                              "instead, relative to MNIST_STROKE")
@@ -125,6 +128,9 @@ def main() -> None:
     if args.strokes:
         for name in args.sets.split(","):
             print_stroke_widths(name, SETS[name]()[0])
+        return
+    if args.runtimes:
+        compare_runtimes(args)
         return
     rows = []
     for name in args.sets.split(","):
@@ -139,6 +145,28 @@ def main() -> None:
         rows.append(report(name, "ensemble (mean)", ensemble, labels, refused, args.errors))
     print("| set | model | accuracy | refused |\n|---|---|---:|---:|")
     print("\n".join(rows))
+
+
+def compare_runtimes(args: argparse.Namespace) -> None:
+    """How often each model's LiteRT file and SavedModel give the same digit, and the largest
+    difference in any probability."""
+    from app.runtimes import Runtime, load
+
+    print("| set | model | same answer | largest probability difference |\n|---|---|---:|---:|")
+    for name in args.sets.split(","):
+        blobs, _ = SETS[name]()
+        digits, _ = prepared(blobs)
+        inputs = digits[..., np.newaxis].astype(np.float32) / 255
+        for style in STYLES:
+            version = args.version or latest_version(args.models / style)
+            version_dir = args.models / style / str(version)
+            full, _keep = load(Runtime.tensorflow, version_dir, "/CPU:0", os.cpu_count() or 1)
+            reference = np.concatenate([full(inputs[i: i + 256])
+                                        for i in range(0, len(inputs), 256)])
+            lite = probabilities(version_dir, digits)
+            same = int(np.sum(lite.argmax(axis=1) == reference.argmax(axis=1)))
+            print(f"| {name} | {style} v{version} | {same} / {len(digits)} | "
+                  f"{np.abs(lite - reference).max():.3f} |", flush=True)
 
 
 def print_stroke_widths(set_name: str, blobs: list[bytes]) -> None:

@@ -22,7 +22,17 @@ import sys
 import numpy as np
 
 from bench import perf_analyzer
-from bench.run import REPO, WORKERS, free_port, multipart, png, sample_digits, server, wrk
+from bench.run import (
+    MODEL,
+    REPO,
+    WORKERS,
+    free_port,
+    multipart,
+    png,
+    sample_digits,
+    server,
+    wrk,
+)
 
 
 def oip_body(digit: np.ndarray) -> tuple[bytes, int]:
@@ -52,13 +62,13 @@ def main() -> None:
         for round_ in range(1, args.rounds + 1):
             row = {"round": round_,
                    "predict_wrk": wrk(base + "/predict", single, 32, args.seconds),
-                   "oip_http_wrk": wrk(base + "/v2/models/sequential/infer", body, 32,
+                   "oip_http_wrk": wrk(f"{base}/v2/models/{MODEL}/infer", body, 32,
                                        args.seconds, "application/octet-stream",
                                        f"Inference-Header-Content-Length: {head_length}")}
             for protocol, url in [("http", base.removeprefix("http://")),
                                   ("grpc", f"127.0.0.1:{grpc_port}")]:
                 row[f"oip_{protocol}_perf_analyzer"] = perf_analyzer.measure(
-                    url, protocol, "sequential", 32, args.seconds, digits)
+                    url, protocol, MODEL, 32, args.seconds, digits)
             rows.append(row)
             print(json.dumps(row), flush=True)
     report = markdown(rows)

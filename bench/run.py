@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from app.settings import Settings
 from bench import perf_analyzer
+from digit_contract import list_versions
 from scripts.realworld_images import encode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,6 +38,9 @@ BOUNDARY = "digit-bench-boundary"
 CONCURRENCY = (1, 8, 32, 64)
 # Server processes for the service and the floor alike: one per core of this machine.
 WORKERS = os.cpu_count() or 1
+# What `POST /predict` serves: every service row, the raw ceiling and the protocol rows use
+# this model, so each comparison is between ways of serving the same network.
+MODEL = Settings().default_model.value
 UVICORN_FAST = ["--loop", "uvloop", "--http", "httptools", "--no-access-log",
                 "--log-level", "warning"]
 
@@ -194,7 +199,10 @@ def run(seconds: int, out_dir: Path) -> dict:
                      "cpus": os.cpu_count(), "workers": WORKERS, "seconds_per_run": seconds}
 
     print("raw model ceiling…", flush=True)
-    results["raw"] = raw_ceiling(REPO / "models" / "sequential" / "1", digits, seconds / 2)
+    model_dir = REPO / "models" / MODEL
+    results["model"] = f"{MODEL} v{max(list_versions(model_dir))}"
+    results["raw"] = raw_ceiling(model_dir / str(max(list_versions(model_dir))), digits,
+                                 seconds / 2)
 
     print("HTTP floor…", flush=True)
     with server([python, "-m", "bench.floor_app", "--port", "{port}", "--workers", str(WORKERS)],
@@ -223,10 +231,10 @@ def run(seconds: int, out_dir: Path) -> dict:
         # FP32 [1, 28, 28, 1] tensors to the same server.
         print("digit-service over Open Inference Protocol v2 (perf_analyzer)…", flush=True)
         results["oip_http"] = {c: perf_analyzer.measure(base.removeprefix("http://"), "http",
-                                                        "sequential", c, seconds, digits)
+                                                        MODEL, c, seconds, digits)
                                for c in CONCURRENCY}
         results["oip_grpc"] = {c: perf_analyzer.measure(f"127.0.0.1:{grpc_port}", "grpc",
-                                                        "sequential", c, seconds, digits)
+                                                        MODEL, c, seconds, digits)
                                for c in CONCURRENCY}
         results["service_rss_mb_after"] = rss_mb(process.pid)
     results["targets"] = check_targets(results)
@@ -292,7 +300,8 @@ def markdown(r: dict) -> str:
         f"{r['seconds_per_run']} s per run, multipart PNG uploads of held-out MNIST digits; "
         "the Open Inference Protocol rows are Triton's `perf_analyzer` (synchronous requests, "
         "one FP32 [1, 28, 28, 1] tensor of the same digits each) against the same digit-service. "
-        "Reproduce: `make bench`.", "",
+        f"Every digit-service row and the raw model are the default model, "
+        f"{r.get('model', 'sequential')}. Reproduce: `make bench`.", "",
         "| what | concurrency | req/s | images/s | p50 ms | p99 ms | errors |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]

@@ -96,33 +96,107 @@ def with_flagged_ones(images, labels, rng, share: float = 1.0):
     """
     ones = np.flatnonzero(labels == 1)
     chosen = rng.choice(ones, size=int(share * len(ones)), replace=False)
+    if len(chosen) == 0:
+        return images, labels
     extra = np.stack([_flag_one(images[i], rng) for i in chosen])
     return (np.concatenate([images, extra]),
             np.concatenate([labels, np.full(len(extra), 1, labels.dtype)]))
 
 
+def with_stretched_digits(images, labels, rng, share: float):
+    """The training digits plus, for a `share` of the narrow ones (1s, and many 7s and 9s),
+    a copy widened towards a square, as a form that stretches each digit to fill its box
+    makes them: a 1 becomes a thick bar, since its stroke widens with it.
+
+    Served digits are fitted by their longest side, so such a bar arrives as wide as
+    MNIST's 0s; MNIST has none, and a model trained on it reads the bar as a 3 or an 8.
+    Returns new arrays: uint8 images [n + m, 28, 28] and labels [n + m].
+    """
+    aspects = np.array([_aspect(image) for image in images])
+    narrow = np.flatnonzero(aspects < NARROW)
+    chosen = rng.choice(narrow, size=int(share * len(narrow)), replace=False)
+    if len(chosen) == 0:
+        return images, labels
+    extra = np.stack([_widen(images[i], rng.uniform(1.3 * aspects[i], WIDEST)) for i in chosen])
+    return (np.concatenate([images, extra]), np.concatenate([labels, labels[chosen]]))
+
+
+# Digits narrower than this (width / height) are widened, by a third at least and to at
+# most WIDEST.
+NARROW = 0.65
+WIDEST = 0.85
+
+
+def _aspect(digit: np.ndarray) -> float:
+    rows, cols = np.nonzero(digit > 32)
+    if len(rows) == 0:  # a blank image is not narrow
+        return 1.0
+    return (cols.max() - cols.min() + 1) / (rows.max() - rows.min() + 1)
+
+
+def _widen(digit: np.ndarray, aspect: float) -> np.ndarray:
+    """The digit stretched sideways to width = aspect x height, fitted back into MNIST's
+    20 px box and centred by mass."""
+    rows, cols = np.nonzero(digit > 32)
+    crop = digit[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1].astype(np.float32)
+    height = crop.shape[0]
+    wide = cv2.resize(crop, (max(1, round(aspect * height)), height),
+                      interpolation=cv2.INTER_LINEAR)
+    scale = 20 / max(wide.shape)
+    fitted = cv2.resize(wide, (max(1, round(wide.shape[1] * scale)),
+                               max(1, round(wide.shape[0] * scale))),
+                        interpolation=cv2.INTER_AREA)
+    return _centred_by_mass(fitted)
+
+
+def _centred_by_mass(digit: np.ndarray) -> np.ndarray:
+    """A float digit (at most 28 x 28) placed in MNIST's frame: centre of mass in the middle."""
+    total = digit.sum()
+    ys, xs = np.indices(digit.shape)
+    shift = np.float32([[1, 0, 14 - (xs * digit).sum() / total],
+                        [0, 1, 14 - (ys * digit).sum() / total]])
+    return np.uint8(np.clip(cv2.warpAffine(digit, shift, (28, 28)), 0, 255))
+
+
 def _flag_one(digit: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One MNIST 1 with a flag (always) and a base (half the time), re-centred by mass."""
+    """One MNIST 1 with a flag (always) and a base (a third of the time), re-centred by mass.
+
+    Continental writers hold the 1 upright and pull the flag well out to the left, about as
+    heavy as the stem; MNIST's 1s mostly lean right. So half the copies are first sheared
+    upright, and flags run 30-60 degrees from the stem, a third to half its height long.
+    """
     scale = 4  # draw at 4x for smooth anti-aliased strokes, then shrink back
     big = cv2.resize(digit, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-    rows, cols = np.nonzero(big > 128)
-    top, bottom = rows.min(), rows.max()
-    height = bottom - top
-    top_x = int(cols[rows < top + 0.08 * height].mean())
-    bottom_x = int(cols[rows > bottom - 0.08 * height].mean())
-    thickness = max(scale, int(np.sqrt((big > 128).sum() / max(height, 1)) * rng.uniform(0.8, 1.2)))
-    angle = np.deg2rad(rng.uniform(25, 60))  # from the vertical
-    length = rng.uniform(0.25, 0.55) * height
-    end = (int(top_x - length * np.sin(angle)), int(top + length * np.cos(angle)))
-    cv2.line(big, (top_x, int(top)), end, 255, thickness, cv2.LINE_AA)
     if rng.random() < 0.5:
+        big = _upright(big)
+    top, bottom, top_x, bottom_x = _stem(big)
+    height = bottom - top
+    stem_width = np.sqrt((big > 128).sum() / max(height, 1))
+    thickness = max(scale, int(stem_width * rng.uniform(0.9, 1.5)))
+    angle = np.deg2rad(rng.uniform(30, 60))  # from the vertical
+    length = rng.uniform(0.3, 0.5) * height
+    end = (int(top_x - length * np.sin(angle)), int(top + length * np.cos(angle)))
+    cv2.line(big, (int(top_x), int(top)), end, 255, thickness, cv2.LINE_AA)
+    if rng.random() < 1 / 3:
         half = int(rng.uniform(0.15, 0.3) * height)
-        cv2.line(big, (bottom_x - half, int(bottom)), (bottom_x + half, int(bottom)), 255,
-                 thickness, cv2.LINE_AA)
-    small = cv2.resize(big, (28, 28), interpolation=cv2.INTER_AREA).astype(np.float32)
-    # Back to MNIST's frame: centre of mass in the middle.
-    total = small.sum()
-    ys, xs = np.indices(small.shape)
-    shift = np.float32([[1, 0, 14 - (xs * small).sum() / total],
-                        [0, 1, 14 - (ys * small).sum() / total]])
-    return np.uint8(np.clip(cv2.warpAffine(small, shift, (28, 28)), 0, 255))
+        cv2.line(big, (int(bottom_x) - half, int(bottom)), (int(bottom_x) + half, int(bottom)),
+                 255, thickness, cv2.LINE_AA)
+    return _centred_by_mass(cv2.resize(big, (28, 28), interpolation=cv2.INTER_AREA)
+                            .astype(np.float32))
+
+
+def _stem(big: np.ndarray) -> tuple[int, int, float, float]:
+    """A 1's top and bottom rows, and the mean column of the ink at each end."""
+    rows, cols = np.nonzero(big > 128)
+    top, bottom = int(rows.min()), int(rows.max())
+    height = max(bottom - top, 1)
+    return (top, bottom, float(cols[rows < top + 0.08 * height].mean()),
+            float(cols[rows > bottom - 0.08 * height].mean()))
+
+
+def _upright(big: np.ndarray) -> np.ndarray:
+    """The 1 sheared so that the top of its stem is straight above the bottom."""
+    top, bottom, top_x, bottom_x = _stem(big)
+    lean = (top_x - bottom_x) / max(bottom - top, 1)
+    shear = np.float32([[1, lean, -lean * (top + bottom) / 2], [0, 1, 0]])
+    return cv2.warpAffine(big, shear, big.shape[::-1], flags=cv2.INTER_LINEAR)

@@ -33,6 +33,8 @@ class TrainingConfig:
     variety: float = 0.5
     # The share of MNIST's 1s also given, as extra digits, a continental flag (and base).
     flagged_ones: float = 1.0
+    # The share of the narrow digits also given, as extra digits, a widened copy.
+    stretched: float = 0.6
     tensorboard_dir: Path | None = None
     # Limits the training digits (used by smoke tests); None uses them all.
     max_train_samples: int | None = None

@@ -99,6 +99,7 @@ def build_metadata(model: keras.Model, style: Style, version: int, extra: dict) 
         "output": {"shape": [None, NUM_CLASSES], "dtype": "float32",
                    "meaning": "softmax probabilities of digits 0-9"},
         "summary": summarize(model),
+        "litert": {"file": LITERT_FILE, "quantization": LITERT_QUANTIZATION},
         **extra,
     }
 
@@ -134,10 +135,22 @@ def export_version(model: keras.Model, style: Style, out_dir: Path, extra_metada
         shutil.rmtree(staging, ignore_errors=True)
 
 
+LITERT_QUANTIZATION = "dynamic range: int8 weights, float32 input and output"
+
+
 def to_litert(saved_model_dir: Path) -> bytes:
-    """The SavedModel's serving signature as a LiteRT flatbuffer (float32, no quantisation:
-    the same probabilities to about 1e-7)."""
-    return tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir)).convert()
+    """The SavedModel's serving signature as a LiteRT flatbuffer, its weights quantised to
+    int8 (dynamic range: each layer's activations are quantised on the fly, so no
+    calibration data is needed, and the model still takes and gives float32).
+
+    XNNPACK then runs the convolutions as int8 dot products: 2.6-4.5x the images/s of the
+    float32 file on this CPU (`python -m bench.quantization`), with probabilities within 0.05 of the SavedModel's and the
+    same answer for all but one of the 17,868 real and held-out digits that
+    `python -m bench.accuracy --runtimes` gives sequential v3 and subclassed v3.
+    """
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return converter.convert()
 
 
 def add_litert(version_dir: Path) -> bool:

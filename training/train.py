@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from digit_contract import Style, scale_pixels
 from training.architectures import ARCHITECTURES, LayerOptions
-from training.augment import make_augment, with_flagged_ones
+from training.augment import make_augment, with_flagged_ones, with_stretched_digits
 from training.config import TrainingConfig
 from training.data import Digits
 
@@ -37,6 +37,9 @@ def make_datasets(digits: Digits, config: TrainingConfig) -> tuple[tf.data.Datas
     if config.augment and config.flagged_ones > 0:
         x_train, y_train = with_flagged_ones(x_train, y_train, np.random.default_rng(config.seed),
                                              config.flagged_ones)
+    if config.augment and config.stretched > 0:
+        x_train, y_train = with_stretched_digits(
+            x_train, y_train, np.random.default_rng(config.seed + 1), config.stretched)
     train = tf.data.Dataset.from_tensor_slices((to_model_input(x_train), y_train))
     train = train.shuffle(len(x_train), seed=config.seed, reshuffle_each_iteration=True)
     train = train.batch(config.batch_size)

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.settings import Settings
 from digit_contract import Style
 from tests.images import draw_one, encode
 
 STYLES = [style.value for style in Style]
+DEFAULT = Settings().default_model.value  # what POST /predict serves
 PNG = encode(draw_one())
 
 
@@ -35,7 +37,7 @@ def assert_predictions(body: dict, model: str, count: int) -> None:
 def test_multipart_single_file_uses_the_default_model(client):
     response = client.post("/predict", files={"file": ("one.png", PNG, "image/png")})
     assert response.status_code == 200
-    assert_predictions(response.json(), "sequential", 1)
+    assert_predictions(response.json(), DEFAULT, 1)
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -65,13 +67,13 @@ def test_multipart_many_files_answer_in_request_order(client):
 def test_multipart_ignores_other_fields(client):
     response = client.post("/predict", files={"file": ("a.png", PNG, "image/png")},
                            data={"note": "hello"})
-    assert_predictions(response.json(), "sequential", 1)
+    assert_predictions(response.json(), DEFAULT, 1)
 
 
 def test_octet_stream_body(client):
     response = client.post("/predict", content=PNG,
                            headers={"content-type": "application/octet-stream"})
-    assert_predictions(response.json(), "sequential", 1)
+    assert_predictions(response.json(), DEFAULT, 1)
 
 
 def test_base64_json_with_and_without_data_url(client):
@@ -178,9 +180,10 @@ def test_metrics_count_requests_images_and_inference(client):
     client.post("/predict", files=[("file", ("a.png", PNG, "image/png"))] * 2)
     text = client.get("/metrics").text
     assert 'digits_http_requests_total{method="POST",route="/predict",status="200"}' in text
-    assert 'digits_images_per_request_bucket{le="2.0",model="sequential",protocol="native"}' in text
-    assert re.search(r'digits_inference_seconds_count\{model="sequential"\} [1-9]', text)
-    assert re.search(r'digits_batch_size_count\{model="sequential"\} [1-9]', text)
+    assert (f'digits_images_per_request_bucket{{le="2.0",model="{DEFAULT}",protocol="native"}}'
+            in text)
+    assert re.search(rf'digits_inference_seconds_count\{{model="{DEFAULT}"\}} [1-9]', text)
+    assert re.search(rf'digits_batch_size_count\{{model="{DEFAULT}"\}} [1-9]', text)
     assert ('digits_model_loaded{device="/CPU:0",model="functional",runtime="litert",'
             'version="1"} 1.0') in text
 
@@ -237,7 +240,7 @@ def test_one_bad_file_costs_only_itself_and_is_named(client):
     assert bad["error"]["status"] == 400 and "digit" not in bad
     assert "file #2 ('bad.png')" in bad["error"]["detail"]
     metrics = client.get("/metrics").text
-    assert 'digits_image_errors_total{model="sequential",status="400"}' in metrics
+    assert f'digits_image_errors_total{{model="{DEFAULT}",status="400"}}' in metrics
 
 
 def test_a_lone_bad_file_fails_its_request(client):
@@ -367,14 +370,14 @@ def test_module_level_app_is_built_from_the_environment(monkeypatch, tiny_model_
     import app.main as main_module
 
     monkeypatch.setenv("DIGITS_MODEL_DIR", str(tiny_model_dir))
-    monkeypatch.setenv("DIGITS_DEFAULT_MODEL", "subclassed")
+    monkeypatch.setenv("DIGITS_DEFAULT_MODEL", "functional")  # not the built-in default
     main_module._default_app.cache_clear()
     from fastapi.testclient import TestClient
 
     with TestClient(main_module.app) as env_client:
         response = env_client.post("/predict", content=PNG, headers={"content-type": "image/png"})
     main_module._default_app.cache_clear()
-    assert response.json()["model"] == "subclassed"
+    assert response.json()["model"] == "functional" != DEFAULT
 
 
 def test_the_page_is_served(client):
@@ -418,7 +421,7 @@ def test_a_full_queue_answers_503_with_retry_after(tiny_model_dir):
         response = small_queue.post("/predict", files=[("file", ("a.png", PNG, "image/png"))] * 2)
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
         assert "retry" in response.json()["detail"]
-        shed = 'digits_requests_shed_total{model="sequential"} 1.0'
+        shed = f'digits_requests_shed_total{{model="{DEFAULT}"}} 1.0'
         assert shed in small_queue.get("/metrics").text
 
 

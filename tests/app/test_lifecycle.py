@@ -78,8 +78,10 @@ def predicted_version(client, path="/predict") -> int:
 
 
 def lifecycle_client(model_dir: Path, **settings) -> TestClient:
+    # These model directories hold `sequential` only: /predict is asked for it.
     return TestClient(create_app(Settings(model_dir=model_dir, device="cpu",
-                                          model_poll_seconds=POLL_S, **settings)))
+                                          model_poll_seconds=POLL_S,
+                                          default_model="sequential", **settings)))
 
 
 def test_a_new_version_replaces_the_old_and_a_broken_one_never_serves(one_style):
@@ -244,7 +246,8 @@ def test_a_version_written_under_load_goes_live_with_no_failed_request(real_mode
     interval (plus its load), every request gets a 200 naming the version that answered,
     and no request that started after the first version-2 answer got version 1."""
     poll_s = 1.0
-    server, base = start_server(real_model_dir, model_poll_seconds=poll_s)
+    server, base = start_server(real_model_dir, model_poll_seconds=poll_s,
+                                default_model="sequential")
     answers, stop = [], threading.Event()
 
     def client_loop():
@@ -280,7 +283,8 @@ def test_a_version_written_under_load_goes_live_with_no_failed_request(real_mode
 
 
 def test_ten_reloads_do_not_grow_memory(real_model_dir):
-    server, base = start_server(real_model_dir, model_poll_seconds=POLL_S)
+    server, base = start_server(real_model_dir, model_poll_seconds=POLL_S,
+                                default_model="sequential")
     style_dir = real_model_dir / "sequential"
     source = REPO_ROOT / "models" / "sequential" / "2"
     try:

@@ -114,18 +114,16 @@ def test_stroke_width_measures_the_pen(width):
 
 
 def test_a_filled_loop_does_not_pass_for_a_thick_pen():
-    # A 9 whose loop is filled: a disc on a thin stem. The stem must survive.
+    # A 9 whose loop is filled: a disc on a thin stem. Its pen is the stem's.
     digit = stroke(3)
     rows, cols = np.indices(digit.shape)
     digit[np.hypot(rows - 10, cols - 15) < 9] = 255
-    assert pp.stroke_width(digit) < pp.THICK_STROKE
-    assert pp.normalize_strokes(digit[np.newaxis])[0, 4 + 35, 4 + 20] == 255
+    assert abs(pp.stroke_width(digit) - 3) <= 1.0
 
 
 def test_pens_in_a_stack_are_measured_and_restroked_as_alone():
     # OpenCV gets the stack as one tall image: strokes touching the edges of neighbouring
-    # images, and pens from hairline to felt (eroded by up to several pixels), must not
-    # reach across.
+    # images, and pens from hairline to felt, must not reach across.
     rng = np.random.default_rng(7)
     digits = []
     for width in (1, 2, 3, 5, 9, 13, 17, 21):
@@ -136,18 +134,18 @@ def test_pens_in_a_stack_are_measured_and_restroked_as_alone():
         digits.append(digit)
     stack = np.stack(digits)
     widths = pp.stroke_widths(stack)
-    assert (widths > pp.THICK_STROKE).any() and (widths < pp.THIN_STROKE).any()
+    assert (widths < pp.THIN_STROKE).any() and (widths > 3 * pp.MNIST_STROKE).any()
     np.testing.assert_array_equal(widths, [pp.stroke_width(d) for d in digits])
     restroked = pp.normalize_strokes(stack)
     for i, digit in enumerate(digits):
         np.testing.assert_array_equal(restroked[i], pp.normalize_strokes(digit[np.newaxis])[0])
 
 
-def test_a_felt_pen_is_thinned_and_a_hairline_thickened_towards_mnist():
+def test_a_hairline_is_thickened_towards_mnist_and_a_felt_pen_kept():
+    # Thinning a felt pen erodes heavy digits' loops shut; the models learnt thick pens.
     thick, thin = pp.normalize_strokes(np.stack([stroke(15), stroke(1)]))
-    for digit in (thick, thin):
-        width = (digit[20] > 127).sum()
-        assert abs(width - pp.MNIST_STROKE) <= 2.5, width
+    assert abs((thin[20] > 127).sum() - pp.MNIST_STROKE) <= 2.5
+    np.testing.assert_array_equal(thick[4:-4, 4:-4], stroke(15))
 
 
 # --- crop, scale, centre ------------------------------------------------------------------

@@ -64,13 +64,13 @@ def native(service):
 def test_health_and_metadata(client):
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("sequential") and client.is_model_ready("functional_image")
-    assert client.is_model_ready("sequential", model_version="2")
+    assert client.is_model_ready("sequential", model_version="3")
     assert not client.is_model_ready("resnet")
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
     tensor = client.get_model_metadata("sequential")
     assert tensor["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 28, 28, 1]}]
     assert tensor["outputs"] == [{"name": "output_0", "datatype": "FP32", "shape": [-1, 10]}]
-    assert "2" in tensor["versions"]
+    assert "3" in tensor["versions"]
     image = client.get_model_metadata("subclassed_image")
     assert image["inputs"] == [{"name": "image_bytes", "datatype": "BYTES", "shape": [-1]}]
 
@@ -83,7 +83,7 @@ def test_fp32_tensors_agree_with_predict(client, native, binary):
     output = triton.InferRequestedOutput("output_0", binary_data=binary)
     result = client.infer("sequential", [item], outputs=[output], request_id="r-1")
     assert result.get_response()["id"] == "r-1"
-    assert result.get_response()["model_version"] == "2"
+    assert result.get_response()["model_version"] == "3"
     answer = result.as_numpy("output_0")
     assert answer.shape == (3, 10)
     assert np.abs(answer - probabilities).max() < 1e-5
@@ -143,12 +143,12 @@ def test_errors_are_protocol_errors(client, service):
 def test_tfs_status_metadata_and_models(service):
     status = httpx.get(f"{service}/v1/models/sequential").json()
     assert status["model_version_status"] == [
-        {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK",
+        {"version": "3", "state": "AVAILABLE", "status": {"error_code": "OK",
                                                           "error_message": ""}}]
     assert status["ready"] is True
-    metadata = httpx.get(f"{service}/v1/models/sequential/versions/2/metadata").json()
+    metadata = httpx.get(f"{service}/v1/models/sequential/versions/3/metadata").json()
     assert metadata["model_spec"] == {"name": "sequential", "signature_name": "",
-                                      "version": "2"}
+                                      "version": "3"}
     signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
     # Read from the SavedModel itself, as TensorFlow Serving prints it.
     assert signature["inputs"]["image"]["dtype"] == "DT_FLOAT"
@@ -171,7 +171,7 @@ def test_tfs_predict_rows_and_columns_agree_with_predict(service, native):
                       headers={"content-type": "application/x-www-form-urlencoded"})
     assert rows.status_code == 200, rows.text
     assert np.abs(np.array(rows.json()["predictions"]) - probabilities).max() < 1e-5
-    columns = httpx.post(f"{service}/v1/models/sequential/versions/2:predict",
+    columns = httpx.post(f"{service}/v1/models/sequential/versions/3:predict",
                          content=json.dumps({"signature_name": "serving_default",
                                              "inputs": {"image": tensors.tolist()}}))
     assert np.abs(np.array(columns.json()["outputs"]) - probabilities).max() < 1e-5
@@ -225,7 +225,7 @@ def test_grpc_infer_agrees_with_predict(grpc_client, native):
     item = grpc_api.InferInput("image", list(tensors.shape), "FP32")
     item.set_data_from_numpy(tensors)
     result = client.infer("sequential", [item], request_id="g-1")
-    assert result.get_response().id == "g-1" and result.get_response().model_version == "2"
+    assert result.get_response().id == "g-1" and result.get_response().model_version == "3"
     assert np.abs(result.as_numpy("output_0") - probabilities).max() < 1e-5
     images = grpc_api.InferInput("image_bytes", [len(DIGITS)], "BYTES")
     images.set_data_from_numpy(np.array(DIGITS, dtype=np.object_))
@@ -364,10 +364,10 @@ def test_tfs_metadata_of_a_version_without_a_readable_saved_model(tmp_path):
         assert signature["serving_default"]["inputs"]["image"]["dtype"] == "DT_FLOAT"
 
 
-@pytest.mark.parametrize("version", ["02", "+2", "2.0", "²"])
+@pytest.mark.parametrize("version", ["03", "+3", "3.0", "³"])
 def test_protocol_versions_are_numbers_as_written(service, version):
-    """The same rule as /models/{style}/versions/{v}: '02' names no version (it would not
-    be the directory '2')."""
+    """The same rule as /models/{style}/versions/{v}: '03' names no version (it would not
+    be the directory '3')."""
     answer = httpx.get(f"{service}/v2/models/sequential/versions/{version}/ready")
     assert answer.status_code == 400 and set(answer.json()) == {"error"}
-    assert httpx.get(f"{service}/v2/models/sequential/versions/2/ready").status_code == 200
+    assert httpx.get(f"{service}/v2/models/sequential/versions/3/ready").status_code == 200

@@ -17,8 +17,9 @@ from digit_contract import Style
 from scripts.realworld_images import PENS_AND_WRITERS
 from tests.conftest import REPO_ROOT
 
-# Floors measured on the committed models, a little under what they score (README table).
-DEV_FLOORS = {Style.sequential: 0.965, Style.functional: 0.96, Style.subclassed: 0.97}
+# The real-world targets: every style at 97.5% or more, the default model (subclassed) at
+# 98.5% (README table: 97.62 / 98.04 / 98.86%).
+DEV_FLOORS = {Style.sequential: 0.975, Style.functional: 0.975, Style.subclassed: 0.985}
 # Heavy ink (over half the frame, loops filled) and marker pens are the hardest to read.
 CLASS_FLOORS = {"heavy_ink": 0.88, "thick_pen": 0.93}
 CLASS_FLOOR = 0.96

@@ -102,20 +102,24 @@ def test_either_runtime_matches_the_serving_signature(tiny_model_dir, runtime):
         assert model.runtime == runtime
         signature = tf.saved_model.load(str(model.path)).signatures["serving_default"]
         expected = next(iter(signature(images).values())).numpy()
-        assert abs(model.predict(images.numpy()) - expected).max() < 1e-6
+        # The LiteRT file has int8 weights (training.export.to_litert); TensorFlow runs
+        # the float32 SavedModel itself.
+        tolerance = 1e-3 if runtime == Runtime.litert else 1e-6
+        assert abs(model.predict(images.numpy()) - expected).max() < tolerance
         # A batch of another size, then the first size again: the interpreter resizes.
         assert model.predict(images.numpy()[:2]).shape == (2, 10)
-        assert abs(model.predict(images.numpy()) - expected).max() < 1e-6
+        assert abs(model.predict(images.numpy()) - expected).max() < tolerance
 
 
-def test_the_committed_models_agree_across_runtimes():
-    import numpy as np
-
-    images = np.random.default_rng(0).random((64, 28, 28, 1), dtype=np.float32)
+def test_the_committed_models_agree_across_runtimes(mnist_validation):
+    """A CPU server (LiteRT, int8 weights since version 3) and a GPU server (the float32
+    SavedModel) give the same digits, with probabilities close."""
+    digits, _ = mnist_validation
+    images = digits[:500, ..., None].astype("float32") / 255
     for style in Style:
         lite, full = (load_style(REPO_ROOT / "models" / style.value, style, "/CPU:0", runtime)
                       for runtime in (Runtime.litert, Runtime.tensorflow))
-        assert abs(lite.predict(images) - full.predict(images)).max() < 1e-5
+        assert abs(lite.predict(images) - full.predict(images)).max() < 0.06
         assert (lite.predict(images).argmax(1) == full.predict(images).argmax(1)).all()
 
 
