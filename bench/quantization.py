@@ -9,7 +9,6 @@ The answers are compared by `python -m bench.accuracy --runtimes`.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -46,7 +45,7 @@ def main() -> None:
         version = max(list_versions(REPO / "models" / style.value))
         saved_model = REPO / "models" / style.value / str(version)
         files = {"float32": tf.lite.TFLiteConverter.from_saved_model(str(saved_model)).convert(),
-                 "int8 weights": to_litert(Path(saved_model))}
+                 "int8 weights": to_litert(saved_model)}
         speeds = {}
         for kind, flatbuffer in files.items():
             speeds[kind] = [images_per_s(flatbuffer, digits[:n]) for n in (1, 16)]

@@ -199,10 +199,9 @@ def run(seconds: int, out_dir: Path) -> dict:
                      "cpus": os.cpu_count(), "workers": WORKERS, "seconds_per_run": seconds}
 
     print("raw model ceiling…", flush=True)
-    model_dir = REPO / "models" / MODEL
-    results["model"] = f"{MODEL} v{max(list_versions(model_dir))}"
-    results["raw"] = raw_ceiling(model_dir / str(max(list_versions(model_dir))), digits,
-                                 seconds / 2)
+    version = max(list_versions(REPO / "models" / MODEL))
+    results["model"] = f"{MODEL} v{version}"
+    results["raw"] = raw_ceiling(REPO / "models" / MODEL / str(version), digits, seconds / 2)
 
     print("HTTP floor…", flush=True)
     with server([python, "-m", "bench.floor_app", "--port", "{port}", "--workers", str(WORKERS)],

@@ -144,9 +144,10 @@ def to_litert(saved_model_dir: Path) -> bytes:
     calibration data is needed, and the model still takes and gives float32).
 
     XNNPACK then runs the convolutions as int8 dot products: 2.6-4.5x the images/s of the
-    float32 file on this CPU (`python -m bench.quantization`), with probabilities within 0.05 of the SavedModel's and the
-    same answer for all but one of the 17,868 real and held-out digits that
-    `python -m bench.accuracy --runtimes` gives sequential v3 and subclassed v3.
+    float32 file on this CPU (`python -m bench.quantization`), with probabilities within
+    0.05 of the SavedModel's and the same answer for all but one of the 17,868 real and
+    held-out digits that `python -m bench.accuracy --runtimes` gives sequential v3 and
+    subclassed v3.
     """
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
