@@ -155,18 +155,28 @@ def to_litert(saved_model_dir: Path) -> bytes:
 
 
 def add_litert(version_dir: Path) -> bool:
-    """Give an existing version its LiteRT file, written atomically; False if it has one."""
+    """Give an existing version its LiteRT file, and its metadata the `litert` entry that
+    says how the file was made, each written atomically; False if it has one."""
     target = version_dir / LITERT_FILE
     if target.exists():
         return False
-    staging = version_dir / f".{LITERT_FILE}.{uuid.uuid4().hex}"
+    _replace_atomically(target, to_litert(version_dir))
+    metadata_file = version_dir / METADATA_FILE
+    if metadata_file.is_file():
+        metadata = json.loads(metadata_file.read_text())
+        metadata["litert"] = {"file": LITERT_FILE, "quantization": LITERT_QUANTIZATION}
+        _replace_atomically(metadata_file, (json.dumps(metadata, indent=2) + "\n").encode())
+    return True
+
+
+def _replace_atomically(target: Path, content: bytes) -> None:
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
     try:
-        staging.write_bytes(to_litert(version_dir))
+        staging.write_bytes(content)
         os.replace(staging, target)
-        _fsync_directory(version_dir)
+        _fsync_directory(target.parent)
     finally:
         staging.unlink(missing_ok=True)
-    return True
 
 
 def write_metadata(version_dir: Path, metadata: dict) -> None:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from app.main import create_app
 from app.settings import Settings
+from digit_contract import list_versions
 from tests.conftest import REPO_ROOT
 from tests.images import draw_one, encode, seven
 from tests.servers import free_port, start_server
@@ -30,6 +31,8 @@ DIGITS = [encode(draw_one()), encode(Image.fromarray(seven())),
 
 
 GRPC_PORT = free_port()
+# The version the registry serves for sequential: its highest.
+SERVED = str(list_versions(REPO_ROOT / "models" / "sequential")[-1])
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +67,13 @@ def native(service):
 def test_health_and_metadata(client):
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("sequential") and client.is_model_ready("functional_image")
-    assert client.is_model_ready("sequential", model_version="3")
+    assert client.is_model_ready("sequential", model_version=SERVED)
     assert not client.is_model_ready("resnet")
     assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
     tensor = client.get_model_metadata("sequential")
     assert tensor["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 28, 28, 1]}]
     assert tensor["outputs"] == [{"name": "output_0", "datatype": "FP32", "shape": [-1, 10]}]
-    assert "3" in tensor["versions"]
+    assert SERVED in tensor["versions"]
     image = client.get_model_metadata("subclassed_image")
     assert image["inputs"] == [{"name": "image_bytes", "datatype": "BYTES", "shape": [-1]}]
 
@@ -83,7 +86,7 @@ def test_fp32_tensors_agree_with_predict(client, native, binary):
     output = triton.InferRequestedOutput("output_0", binary_data=binary)
     result = client.infer("sequential", [item], outputs=[output], request_id="r-1")
     assert result.get_response()["id"] == "r-1"
-    assert result.get_response()["model_version"] == "3"
+    assert result.get_response()["model_version"] == SERVED
     answer = result.as_numpy("output_0")
     assert answer.shape == (3, 10)
     assert np.abs(answer - probabilities).max() < 1e-5
@@ -143,12 +146,12 @@ def test_errors_are_protocol_errors(client, service):
 def test_tfs_status_metadata_and_models(service):
     status = httpx.get(f"{service}/v1/models/sequential").json()
     assert status["model_version_status"] == [
-        {"version": "3", "state": "AVAILABLE", "status": {"error_code": "OK",
+        {"version": SERVED, "state": "AVAILABLE", "status": {"error_code": "OK",
                                                           "error_message": ""}}]
     assert status["ready"] is True
-    metadata = httpx.get(f"{service}/v1/models/sequential/versions/3/metadata").json()
+    metadata = httpx.get(f"{service}/v1/models/sequential/versions/{SERVED}/metadata").json()
     assert metadata["model_spec"] == {"name": "sequential", "signature_name": "",
-                                      "version": "3"}
+                                      "version": SERVED}
     signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
     # Read from the SavedModel itself, as TensorFlow Serving prints it.
     assert signature["inputs"]["image"]["dtype"] == "DT_FLOAT"
@@ -225,7 +228,7 @@ def test_grpc_infer_agrees_with_predict(grpc_client, native):
     item = grpc_api.InferInput("image", list(tensors.shape), "FP32")
     item.set_data_from_numpy(tensors)
     result = client.infer("sequential", [item], request_id="g-1")
-    assert result.get_response().id == "g-1" and result.get_response().model_version == "3"
+    assert result.get_response().id == "g-1" and result.get_response().model_version == SERVED
     assert np.abs(result.as_numpy("output_0") - probabilities).max() < 1e-5
     images = grpc_api.InferInput("image_bytes", [len(DIGITS)], "BYTES")
     images.set_data_from_numpy(np.array(DIGITS, dtype=np.object_))

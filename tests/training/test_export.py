@@ -51,8 +51,14 @@ def test_an_older_version_gets_its_litert_file_in_place(tmp_path, tiny_model_dir
     shutil.copytree(tiny_model_dir / "sequential" / "1", version_dir)
     original = (version_dir / LITERT_FILE).read_bytes()
     (version_dir / LITERT_FILE).unlink()
+    metadata = json.loads((version_dir / METADATA_FILE).read_text())
+    del metadata["litert"]  # as exported before LiteRT files were
+    (version_dir / METADATA_FILE).write_text(json.dumps(metadata))
     assert export.add_litert(version_dir) is True
     assert (version_dir / LITERT_FILE).read_bytes() == original
+    recorded = json.loads((version_dir / METADATA_FILE).read_text())
+    assert recorded == {**metadata, "litert": {"file": LITERT_FILE,
+                                               "quantization": export.LITERT_QUANTIZATION}}
     assert export.add_litert(version_dir) is False  # never overwritten
     assert sorted(p.name for p in version_dir.iterdir() if p.name.startswith(".")) == []
 
