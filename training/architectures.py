@@ -38,18 +38,33 @@ def _regularizer(l1: float, l2: float) -> keras.regularizers.Regularizer | None:
 
 
 def build_sequential(options: LayerOptions = LayerOptions()) -> keras.Model:
-    """The classic MNIST CNN, layer for layer: 93,322 parameters."""
+    """The classic MNIST CNN as one straight stack, with batch normalisation after each
+    convolution and dropout before the classifier: 242,218 parameters.
+
+    Version 3 and earlier were the plain stack (no normalisation, conv_3 and dense 64 wide,
+    93,322 parameters). Trained on the writer and pen variety of `training/augment.py`,
+    that stack lost MNIST accuracy (99.34% against version 1's 99.48%); this one keeps it.
+    """
     act, weights = options.activation, options.weights()
+
+    def conv_bn(filters: int, name: str) -> list[layers.Layer]:
+        # The normalisation's shift replaces the convolution's bias.
+        return [layers.Conv2D(filters, 3, use_bias=False, name=name,
+                              **{**weights, "bias_regularizer": None}),
+                layers.BatchNormalization(name=f"{name}_bn"),
+                layers.Activation(act, name=f"{name}_{act}")]
+
     return keras.Sequential(
         [
             keras.Input(shape=INPUT_SHAPE, name="image"),
-            layers.Conv2D(32, 3, activation=act, name="conv_1", **weights),
+            *conv_bn(32, "conv_1"),
             layers.MaxPooling2D(name="pool_1"),
-            layers.Conv2D(64, 3, activation=act, name="conv_2", **weights),
+            *conv_bn(64, "conv_2"),
             layers.MaxPooling2D(name="pool_2"),
-            layers.Conv2D(64, 3, activation=act, name="conv_3", **weights),
+            *conv_bn(128, "conv_3"),
             layers.Flatten(name="flatten"),
-            layers.Dense(64, activation=act, name="dense", **weights),
+            layers.Dense(128, activation=act, name="dense", **weights),
+            layers.Dropout(0.3, name="dropout"),
             layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities", **weights),
         ],
         name="sequential_cnn",

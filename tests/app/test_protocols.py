@@ -174,7 +174,7 @@ def test_tfs_predict_rows_and_columns_agree_with_predict(service, native):
                       headers={"content-type": "application/x-www-form-urlencoded"})
     assert rows.status_code == 200, rows.text
     assert np.abs(np.array(rows.json()["predictions"]) - probabilities).max() < 1e-5
-    columns = httpx.post(f"{service}/v1/models/sequential/versions/3:predict",
+    columns = httpx.post(f"{service}/v1/models/sequential/versions/{SERVED}:predict",
                          content=json.dumps({"signature_name": "serving_default",
                                              "inputs": {"image": tensors.tolist()}}))
     assert np.abs(np.array(columns.json()["outputs"]) - probabilities).max() < 1e-5
@@ -373,4 +373,4 @@ def test_protocol_versions_are_numbers_as_written(service, version):
     be the directory '3')."""
     answer = httpx.get(f"{service}/v2/models/sequential/versions/{version}/ready")
     assert answer.status_code == 400 and set(answer.json()) == {"error"}
-    assert httpx.get(f"{service}/v2/models/sequential/versions/3/ready").status_code == 200
+    assert httpx.get(f"{service}/v2/models/sequential/versions/{SERVED}/ready").status_code == 200

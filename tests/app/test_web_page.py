@@ -125,7 +125,7 @@ def test_drawing_a_one_gets_three_answers(page):
         page.mouse.move(x + step * 0.5, box["y"] + 40 + step * 10)
     page.mouse.up()
     assert assert_three_answers(page) == ["1", "1", "1"]
-    assert "sequential v3: 1" in page.locator("#status").inner_text()
+    assert "sequential v4: 1" in page.locator("#status").inner_text()
 
 
 def test_uploading_a_file_gets_three_answers(page, tmp_path):
@@ -139,8 +139,8 @@ def test_uploading_a_file_gets_three_answers(page, tmp_path):
 def test_summaries_and_facts_are_shown(page):
     page.locator(".card[data-style=sequential] summary").click()
     rows = page.locator(".card[data-style=sequential] tbody tr")
-    assert rows.count() == 9  # eight layers and the total
-    assert "93,322" in rows.nth(8).inner_text()
+    assert rows.count() == 16  # fifteen layers and the total
+    assert "242,218" in rows.nth(15).inner_text()
     facts = page.locator(".card[data-style=functional] .facts").inner_text()
     assert "validation" in facts and "/CPU:0" in facts
 
@@ -217,8 +217,8 @@ def test_two_versions_of_a_style_are_compared_side_by_side(problems):
         page.wait_for_selector(".card .facts:has-text('params')")
         sequential = page.locator(".card[data-style=sequential]").first
         picker = sequential.locator("select.version")
-        assert picker.locator("option").all_inner_texts() == ["v1", "v2", "v3 (default)"]
-        assert picker.input_value() == "3"
+        assert picker.locator("option").all_inner_texts() == ["v1", "v2", "v3", "v4 (default)"]
+        assert picker.input_value() == "4"
         # The other styles serve one version: nothing to pick or compare.
         assert page.locator(".card[data-style=functional] select.version").is_disabled()
         assert page.locator(".card[data-style=functional] .compare").is_hidden()
@@ -226,7 +226,7 @@ def test_two_versions_of_a_style_are_compared_side_by_side(problems):
         sequential.locator(".compare").click()
         cards = page.locator(".card")
         assert cards.count() == 4
-        assert [cards.nth(i).get_attribute("data-version") for i in range(2)] == ["3", "1"]
+        assert [cards.nth(i).get_attribute("data-version") for i in range(2)] == ["4", "1"]
         page.wait_for_function("document.querySelectorAll('.card')[1]"
                                ".querySelectorAll('tbody tr').length > 1")  # v1's summary
 
@@ -236,7 +236,7 @@ def test_two_versions_of_a_style_are_compared_side_by_side(problems):
             "() => [...document.querySelectorAll('.card .preview')].filter(i => i.complete "
             "&& i.naturalWidth === 28).length === 4")
         status = page.locator("#status").inner_text()
-        assert "sequential v3: 1" in status and "sequential v1: 1" in status
+        assert "sequential v4: 1" in status and "sequential v1: 1" in status
 
         # Pick v1 on the first card instead, and remove the added one.
         picker.select_option("1")
