@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
 
         configure_logging(settings.log_level)  # for the supervisor's own messages
         # Each process builds its own app from the environment.
-        serve_processes(uvicorn.Config("app.main:app", **options), args.workers)
+        serve_processes(uvicorn.Config("app.main:app", **options), args.workers,
+                        pin=settings.pin_processes)
 
 
 if __name__ == "__main__":

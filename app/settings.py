@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, description="Port for `python -m app`.")
     workers: int = Field(1, ge=1, description="Server processes for `python -m app`, each "
                          "with its own copy of the models and its own batches.")
+    pin_processes: bool = Field(
+        True, description="With exactly one server process per usable CPU, pin each to its "
+        "own CPU, with its threads and decoders (fewer cross-core wake-ups); otherwise "
+        "nothing is pinned.")
 
     @field_validator("model_versions")
     @classmethod

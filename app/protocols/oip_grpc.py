@@ -177,6 +177,30 @@ async def _abort(context, error: Exception):
     await context.abort(CODES.get(status, grpc.StatusCode.UNAVAILABLE), message)
 
 
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+
+
+def add_to_server(servicer: InferenceService, server: grpc.aio.Server) -> None:
+    """Every call of the service, and ModelInfer alone also as a registered method.
+
+    The generated `add_GRPCInferenceServiceServicer_to_server` registers all seven, and the
+    asyncio server then keeps one pending request per registered method (plus one for the
+    rest) and waits on all of them again for every call it takes: work that grows with the
+    methods, spent on each inference. Registering only the one that carries the load keeps
+    core's fast path for it; the probes and metadata are resolved by name, which costs them
+    a dictionary lookup.
+    """
+    handlers = {method.name: grpc.unary_unary_rpc_method_handler(
+        getattr(servicer, method.name),
+        request_deserializer=getattr(pb, method.input_type.name).FromString,
+        response_serializer=getattr(pb, method.output_type.name).SerializeToString)
+        for method in SERVICE.methods}
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    server.add_registered_method_handlers(SERVICE.full_name,
+                                          {"ModelInfer": handlers["ModelInfer"]})
+
+
 # The kernel spreads connections, not calls, over the server processes (SO_REUSEPORT), and
 # a gRPC client keeps a few connections for all its calls: by bad luck most of them land on
 # one process while the other idles. Closing each connection (gracefully: its calls finish)
@@ -198,8 +222,7 @@ async def start_server(service, settings, metrics, version: str) -> grpc.aio.Ser
                                       ("grpc.max_send_message_length", limit),
                                       ("grpc.so_reuseport", 1),
                                       *REBALANCING])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceService(service, settings, metrics, version), server)
+    add_to_server(InferenceService(service, settings, metrics, version), server)
     server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     await server.start()
     logger.info("gRPC (Open Inference Protocol v2) on %s:%d", settings.host,

@@ -128,3 +128,40 @@ def test_a_second_signal_stops_everything_at_once(tiny_model_dir):
                 os.kill(pid, signal.SIGKILL)
         if supervisor.poll() is None:
             supervisor.kill()
+
+
+def affinity_of_every_thread(pid: int) -> set[frozenset[int]]:
+    return {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: nothing to pin")
+def test_one_process_per_cpu_each_runs_on_its_own(tiny_model_dir):
+    """Each server process, every thread of it (gRPC's among them) and its decoders stay on
+    one CPU, a different one for each."""
+    cpus = sorted(os.sched_getaffinity(0))
+    supervisor, base = start_server(tiny_model_dir, workers=len(cpus), preprocess_workers=1,
+                                    grpc_port=free_port())
+    try:
+        wait_until(lambda: len(server_processes(supervisor.pid)) == len(cpus), 60, "servers")
+        servers = server_processes(supervisor.pid)
+        wait_until(lambda: all(decoders_of(pid) for pid in servers), 60, "decoders")
+        pinned = [affinity_of_every_thread(pid) for pid in servers]
+        assert sorted(next(iter(p)) for p in pinned) == [frozenset({c}) for c in cpus]
+        assert all(len(p) == 1 for p in pinned)  # every thread on its process's CPU
+        for pid, threads in zip(servers, pinned, strict=True):
+            assert {frozenset(os.sched_getaffinity(d)) for d in decoders_of(pid)} == threads
+        assert os.sched_getaffinity(supervisor.pid) == set(cpus)  # the supervisor is free
+    finally:
+        supervisor.terminate()
+        supervisor.wait(timeout=30)
+
+
+def test_fewer_processes_than_cpus_are_not_pinned():
+    from app.processes import cpu_for_each
+
+    cpus = sorted(os.sched_getaffinity(0))
+    assert cpu_for_each(len(cpus), pin=False) == [None] * len(cpus)
+    if len(cpus) > 1:
+        assert cpu_for_each(len(cpus), pin=True) == cpus
+        assert cpu_for_each(len(cpus) - 1, pin=True) == [None] * (len(cpus) - 1)
+    assert cpu_for_each(1, pin=True) == [None]

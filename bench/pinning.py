@@ -1,0 +1,85 @@
+"""`python -m bench.pinning`: one server process per core, pinned to it or not.
+
+Alternating rounds, each on a fresh `python -m app --workers <cores>` with gRPC on: 32
+connections of single-digit `/predict` uploads (wrk), then 32 of OIP v2 gRPC ModelInfer
+with FP32 tensors (Triton's perf_analyzer). Besides requests/s it reports the server's own
+CPU time per request (its processes and their decoders, from /proc), which the machine's
+drift moves far less than throughput, and the cores perf_analyzer spent on itself.
+
+    python -m bench.pinning [--rounds 3] [--seconds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench import perf_analyzer
+from bench.run import MODEL, WORKERS, free_port, multipart, png, sample_digits, server, wrk
+
+VARIANTS = {"pinned": "true", "unpinned": "false"}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process and all its descendants, alive now."""
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except FileNotFoundError:  # gone meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        pending += [int(child) for child in children]
+    return total
+
+
+def measure(pinned: str, seconds: int, digits, single: bytes) -> dict:
+    grpc_port = free_port()
+    with server([sys.executable, "-m", "app", "--port", "{port}", "--workers", str(WORKERS)],
+                "/readyz", env={"DIGITS_LOG_LEVEL": "warning", "DIGITS_PIN_PROCESSES": pinned,
+                                "DIGITS_GRPC_PORT": str(grpc_port)},
+                processes=WORKERS) as (base, process, _):
+        wrk(base + "/predict", single, 32, 2)
+        before = cpu_seconds(process.pid)
+        native = wrk(base + "/predict", single, 32, seconds)
+        native_cpu = cpu_seconds(process.pid) - before
+        before, started = cpu_seconds(process.pid), time.monotonic()
+        grpc = perf_analyzer.measure(f"127.0.0.1:{grpc_port}", "grpc", MODEL, 32, seconds,
+                                     digits)
+        grpc_cores = (cpu_seconds(process.pid) - before) / (time.monotonic() - started)
+    return {"predict_per_s": native["requests_per_s"],
+            "predict_cpu_us": native_cpu / native["requests"] * 1e6,
+            "grpc_per_s": grpc["requests_per_s"],
+            # perf_analyzer reports its stable windows' rate: spread the server's cores over it.
+            "grpc_cpu_us": grpc_cores / grpc["requests_per_s"] * 1e6 if grpc["errors"] == 0
+            else float("nan"),
+            "grpc_p99_ms": grpc["p99_ms"], "client_cores": grpc.get("client_cores", 0.0)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.pinning", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=6)
+    args = parser.parse_args()
+    digits = sample_digits(64)
+    single = multipart([png(digits[0])])
+    print("| round | server processes | /predict req/s | server CPU µs/request | gRPC req/s | "
+          "server CPU µs/call | gRPC p99 ms | perf_analyzer cores | gRPC / predict |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for round_ in range(1, args.rounds + 1):
+        for name, value in VARIANTS.items():
+            r = measure(value, args.seconds, digits, single)
+            print(f"| {round_} | {name} | {r['predict_per_s']:,.0f} | {r['predict_cpu_us']:.0f} | "
+                  f"{r['grpc_per_s']:,.0f} | {r['grpc_cpu_us']:.0f} | {r['grpc_p99_ms']:.1f} | "
+                  f"{r['client_cores']:.2f} | {r['grpc_per_s'] / r['predict_per_s']:.2f} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
