@@ -15,6 +15,7 @@ import time
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from app.protocols.models import (
     ERRORS,
@@ -191,14 +192,27 @@ def add_to_server(servicer: InferenceService, server: grpc.aio.Server) -> None:
     a dictionary lookup.
     """
     handlers = {method.name: grpc.unary_unary_rpc_method_handler(
-        getattr(servicer, method.name),
-        request_deserializer=getattr(pb, method.input_type.name).FromString,
+        _parsing(getattr(servicer, method.name), getattr(pb, method.input_type.name)),
         response_serializer=getattr(pb, method.output_type.name).SerializeToString)
         for method in SERVICE.methods}
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
     server.add_registered_method_handlers(SERVICE.full_name,
                                           {"ModelInfer": handlers["ModelInfer"]})
+
+
+def _parsing(method, message_type):
+    """`method` on the request parsed from its bytes here, so that bytes that are not the
+    message get INVALID_ARGUMENT, not the UNKNOWN grpc gives a deserializer's exception."""
+    async def handler(raw: bytes, context):
+        try:
+            request = message_type.FromString(raw)
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"Not a valid {message_type.DESCRIPTOR.full_name} message.")
+        return await method(request, context)
+
+    return handler
 
 
 # The kernel spreads connections, not calls, over the server processes (SO_REUSEPORT), and

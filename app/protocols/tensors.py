@@ -269,7 +269,7 @@ def _flatten(data, name: str, depth: int = 0):
 def _unsupported(datatype: str, name: str) -> ProtocolError:
     known = "a datatype this service does not know" if datatype not in OTHER_DATATYPES else \
         "not what the model takes"
-    return ProtocolError(400, f"Input '{name}' is {datatype}, {known}: send FP32.")
+    return ProtocolError(400, f"Input '{name}' is {datatype[:100]}, {known}: send FP32.")
 
 
 def encode_response(model_name: str, version: int, request: InferRequest,

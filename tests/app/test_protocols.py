@@ -253,6 +253,20 @@ def test_grpc_errors_are_status_codes(grpc_client):
     assert unreadable.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
+@pytest.mark.parametrize("method", ["ModelInfer", "ModelMetadata", "ServerLive"])
+def test_grpc_bytes_that_are_no_message_are_invalid_arguments(grpc_client, method):
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}") as channel:
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")
+        with pytest.raises(grpc.RpcError) as refused:
+            call(b"\xff\xff\xff garbage", timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Not a valid inference." in refused.value.details()
+    _, client = grpc_client
+    assert client.is_server_live()  # and the server goes on
+
+
 def test_the_kserve_manifest_asks_for_the_v2_protocol_on_kserve_ports():
     yaml = pytest.importorskip("yaml")
     runtime, service = yaml.safe_load_all(
