@@ -1,7 +1,8 @@
 """`python -m bench.pinning`: one server process per core, pinned to it or not.
 
 Alternating rounds, each on a fresh `python -m app --workers <cores>` with gRPC on: 32
-connections of single-digit `/predict` uploads (wrk), then 32 of OIP v2 gRPC ModelInfer
+connections of single-digit `/predict` uploads (wrk), 8 of 64-digit uploads (wrk), then 32
+of OIP v2 gRPC ModelInfer
 with FP32 tensors (Triton's perf_analyzer). Besides requests/s it reports the server's own
 CPU time per request (its processes and their decoders, from /proc), which the machine's
 drift moves far less than throughput, and the cores perf_analyzer spent on itself.
@@ -39,7 +40,7 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def measure(pinned: str, seconds: int, digits, single: bytes) -> dict:
+def measure(pinned: str, seconds: int, digits, single: bytes, batch: bytes) -> dict:
     grpc_port = free_port()
     with server([sys.executable, "-m", "app", "--port", "{port}", "--workers", str(WORKERS)],
                 "/readyz", env={"DIGITS_LOG_LEVEL": "warning", "DIGITS_PIN_PROCESSES": pinned,
@@ -49,17 +50,21 @@ def measure(pinned: str, seconds: int, digits, single: bytes) -> dict:
         before = cpu_seconds(process.pid)
         native = wrk(base + "/predict", single, 32, seconds)
         native_cpu = cpu_seconds(process.pid) - before
+        batches = wrk(base + "/predict", batch, 8, seconds)
         before, started = cpu_seconds(process.pid), time.monotonic()
         grpc = perf_analyzer.measure(f"127.0.0.1:{grpc_port}", "grpc", MODEL, 32, seconds,
                                      digits)
         grpc_cores = (cpu_seconds(process.pid) - before) / (time.monotonic() - started)
     return {"predict_per_s": native["requests_per_s"],
             "predict_cpu_us": native_cpu / native["requests"] * 1e6,
+            "images_per_s_64": batches["requests_per_s"] * len(digits),
             "grpc_per_s": grpc["requests_per_s"],
             # perf_analyzer reports its stable windows' rate: spread the server's cores over it.
             "grpc_cpu_us": grpc_cores / grpc["requests_per_s"] * 1e6 if grpc["errors"] == 0
             else float("nan"),
-            "grpc_p99_ms": grpc["p99_ms"], "client_cores": grpc.get("client_cores", 0.0)}
+            "grpc_p99_ms": grpc["p99_ms"], "client_cores": grpc.get("client_cores", 0.0),
+            # Why perf_analyzer gave no figure (most often: no stable throughput in its trials).
+            "grpc_failure": grpc.get("output", "").strip().splitlines()[-1:]}
 
 
 def main() -> None:
@@ -68,17 +73,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=6)
     args = parser.parse_args()
     digits = sample_digits(64)
-    single = multipart([png(digits[0])])
+    single, batch = multipart([png(digits[0])]), multipart([png(d) for d in digits])
     print("| round | server processes | /predict req/s | server CPU µs/request | gRPC req/s | "
-          "server CPU µs/call | gRPC p99 ms | perf_analyzer cores | gRPC / predict |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+          "server CPU µs/call | gRPC p99 ms | perf_analyzer cores | gRPC / predict | "
+          "64-image requests, c=8: images/s |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for round_ in range(1, args.rounds + 1):
         for name, value in VARIANTS.items():
-            r = measure(value, args.seconds, digits, single)
+            r = measure(value, args.seconds, digits, single, batch)
             print(f"| {round_} | {name} | {r['predict_per_s']:,.0f} | {r['predict_cpu_us']:.0f} | "
                   f"{r['grpc_per_s']:,.0f} | {r['grpc_cpu_us']:.0f} | {r['grpc_p99_ms']:.1f} | "
-                  f"{r['client_cores']:.2f} | {r['grpc_per_s'] / r['predict_per_s']:.2f} |",
-                  flush=True)
+                  f"{r['client_cores']:.2f} | {r['grpc_per_s'] / r['predict_per_s']:.2f} | "
+                  f"{r['images_per_s_64']:,.0f} |", flush=True)
+            if r["grpc_failure"]:
+                print(f"<!-- perf_analyzer failed: {r['grpc_failure'][0][:200]} -->", flush=True)
 
 
 if __name__ == "__main__":
