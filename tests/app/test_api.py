@@ -150,10 +150,13 @@ def test_summary_matches_the_keras_model(client, style, tiny_models):
 
 
 def test_sequential_summary_is_the_classic_table(client):
+    """Version 4's: the classic shapes, each convolution normalised (Conv2D, BN, ReLU)."""
     layers = client.get("/models/sequential/summary").json()["layers"]
     assert [layer["output_shape"][1:] for layer in layers] == [
-        [26, 26, 32], [13, 13, 32], [11, 11, 64], [5, 5, 64], [3, 3, 64], [576], [64], [10]]
-    assert [layer["params"] for layer in layers] == [320, 0, 18496, 0, 36928, 0, 36928, 650]
+        *[[26, 26, 32]] * 3, [13, 13, 32], *[[11, 11, 64]] * 3, [5, 5, 64],
+        *[[3, 3, 128]] * 3, [1152], [128], [128], [10]]
+    assert [layer["params"] for layer in layers] == [
+        288, 128, 0, 0, 18432, 256, 0, 0, 73728, 512, 0, 0, 147584, 0, 1290]
 
 
 @pytest.mark.parametrize("style", STYLES)
