@@ -99,7 +99,7 @@ def build_metadata(model: keras.Model, style: Style, version: int, extra: dict) 
         "output": {"shape": [None, NUM_CLASSES], "dtype": "float32",
                    "meaning": "softmax probabilities of digits 0-9"},
         "summary": summarize(model),
-        "litert": {"file": LITERT_FILE, "quantization": LITERT_QUANTIZATION},
+        "litert": litert_metadata(),
         **extra,
     }
 
@@ -138,6 +138,11 @@ def export_version(model: keras.Model, style: Style, out_dir: Path, extra_metada
 LITERT_QUANTIZATION = "dynamic range: int8 weights, float32 input and output"
 
 
+def litert_metadata() -> dict:
+    """What `metadata.json` says, under `litert`, about the version's LiteRT file."""
+    return {"file": LITERT_FILE, "quantization": LITERT_QUANTIZATION}
+
+
 def to_litert(saved_model_dir: Path) -> bytes:
     """The SavedModel's serving signature as a LiteRT flatbuffer, its weights quantised to
     int8 (dynamic range: each layer's activations are quantised on the fly, so no
@@ -164,8 +169,8 @@ def add_litert(version_dir: Path) -> bool:
     metadata_file = version_dir / METADATA_FILE
     if metadata_file.is_file():
         metadata = json.loads(metadata_file.read_text())
-        metadata["litert"] = {"file": LITERT_FILE, "quantization": LITERT_QUANTIZATION}
-        _replace_atomically(metadata_file, (json.dumps(metadata, indent=2) + "\n").encode())
+        metadata["litert"] = litert_metadata()
+        _replace_atomically(metadata_file, metadata_json(metadata).encode())
     return True
 
 
@@ -179,8 +184,12 @@ def _replace_atomically(target: Path, content: bytes) -> None:
         staging.unlink(missing_ok=True)
 
 
+def metadata_json(metadata: dict) -> str:
+    return json.dumps(metadata, indent=2) + "\n"
+
+
 def write_metadata(version_dir: Path, metadata: dict) -> None:
-    (version_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    (version_dir / METADATA_FILE).write_text(metadata_json(metadata))
     (version_dir / SUMMARY_TEXT_FILE).write_text(metadata["summary"]["text"] + "\n")
 
 
