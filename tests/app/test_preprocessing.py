@@ -150,6 +150,20 @@ def test_a_hairline_is_thickened_towards_mnist_and_a_felt_pen_kept():
 
 # --- crop, scale, centre ------------------------------------------------------------------
 
+@pytest.mark.parametrize("rows", [1, 4, 40])  # compared whole, then searched
+def test_counting_below_targets_matches_a_search_of_each_row(rows):
+    # The batched search lifts each row above the last: it must answer as each row alone.
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 50, (rows, 256)) * (rng.random((rows, 256)) < 0.3)
+    counts[0] = 0  # an empty row
+    cumulative = np.cumsum(counts, axis=1)
+    targets = np.concatenate([np.zeros((rows, 1)), cumulative[:, -1:] * rng.random((rows, 3)),
+                              cumulative[:, -1:], cumulative[:, -1:] + 0.5], axis=1)
+    expected = [[np.searchsorted(row, target) for target in row_targets]
+                for row, row_targets in zip(cumulative, targets, strict=True)]
+    assert pp._count_below(cumulative, targets).tolist() == expected
+
+
 def test_the_box_holds_the_digit():
     ink = np.zeros((1, 300, 200), dtype=np.float32)
     ink[0, 40:261, 90:111] = 255
