@@ -1,8 +1,9 @@
-"""Where a single-image request's time goes: the service with parts switched off.
+"""Where a request's time goes: the service with parts switched off.
 
-    python -m bench.breakdown [--seconds 6]
+    python -m bench.breakdown [--seconds 6] [--images 1] [--connections 32]
 
-Runs the real app four times on 127.0.0.1, each driven by wrk at 32 connections:
+Runs the real app (one process) five times on 127.0.0.1, each driven by wrk with uploads of
+`--images` held-out digits (`--images 64 --connections 8`: the 64-image row of make bench):
 `route only` (read and parse the upload, answer a fixed body), `+ batcher` (queue, batch
 thread and response, with no-op decoding and model), `+ model` (the real model on blank
 digits), `full` (real decoding too), and `full` with even small plain PNGs sent to the
@@ -67,18 +68,22 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(prog="python -m bench.breakdown", description=__doc__)
     parser.add_argument("--seconds", type=int, default=6)
+    parser.add_argument("--images", type=int, default=1, help="digits per request")
+    parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
-    body = multipart([png(sample_digits(1)[0])])
-    print("| stage | req/s at c=32 | µs per request |\n|---|---:|---:|")
+    body = multipart([png(digit) for digit in sample_digits(args.images)])
+    c = args.connections
+    print(f"| stage | req/s at c={c} | µs per request | µs per image |\n|---|---:|---:|---:|")
     for stage in STAGES:
         command = [sys.executable, "-m", "bench.breakdown", "--serve", stage, "{port}"]
         with server(command, "/readyz") as (base, _, _):
-            wrk(base + "/predict", body, 32, 2)
-            result = wrk(base + "/predict", body, 32, args.seconds)
+            wrk(base + "/predict", body, c, 2)
+            result = wrk(base + "/predict", body, c, args.seconds)
         if result["errors"]:
             raise RuntimeError(f"{stage}: {result['errors']} failed requests; see the stage's code")
         rate = result["requests_per_s"]
-        print(f"| {stage} | {rate:,.0f} | {1e6 / rate:,.0f} |", flush=True)
+        print(f"| {stage} | {rate:,.0f} | {1e6 / rate:,.0f} | {1e6 / rate / args.images:,.1f} |",
+              flush=True)
 
 
 if __name__ == "__main__":
