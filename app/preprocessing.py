@@ -219,10 +219,12 @@ def to_light_on_dark(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     np.clip(ink, 0.0, None, out=ink)
     # The peak over the levels present: ink rises or falls with the level, so it is at the
     # darkest or the lightest of them.
-    darkest, lightest = _count_below(cumulative[:n, 1:], np.stack([np.ones(n), total], 1)).T
+    # (An image without pixels has no levels present: its search ends past the last level.)
+    darkest, lightest = np.minimum(
+        _count_below(cumulative[:n, 1:], np.stack([np.ones(n), total], 1)), 255).T
     rows = np.arange(n)
     peak = np.maximum(ink[rows, darkest], ink[rows, lightest])
-    found = peak >= MIN_CONTRAST
+    found = (peak >= MIN_CONTRAST) & (total > 0)
     ink *= _per_level(255.0 / np.where(found, peak, 1.0))
     return ink.ravel()[in_table].reshape(grays.shape), found
 

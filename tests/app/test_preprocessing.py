@@ -74,6 +74,14 @@ def test_shaded_or_grainy_blank_pages_have_no_digit(page):
     assert found.tolist() == [False]
 
 
+@pytest.mark.parametrize("shape", [(1, 0, 5), (2, 5, 0)])
+def test_an_image_without_pixels_has_no_digit(shape):
+    # The decoders never give one (headers claiming no pixels are refused); if one did, it
+    # would be "no digit", not an error inside the polarity step.
+    digits, found = pp.normalize(np.zeros(shape, np.uint8))
+    assert len(digits) == 0 and not found.any()
+
+
 def test_a_digit_under_a_side_light_is_found():
     page = np.asarray(draw_one(size=(200, 200), box=(90, 40, 105, 160)), dtype=np.float32)
     lit = page * (1 - 0.45 * np.indices(page.shape)[1] / 200) * 0.92
