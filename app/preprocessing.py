@@ -179,7 +179,6 @@ def to_light_on_dark(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # (The image's and the frame's quantiles are found together; the frame's median is used.)
     cumulative = _cumulative(np.concatenate([image_counts, frame_counts]))
     quantiles = _quantiles(cumulative, 0.0002, 0.5, 0.9998)
-    total = cumulative[:n, -1]
     low, median, high = quantiles[:n].T
     frame_level = quantiles[n:, 1]
     # A digit filling the image: the median is ink or its grey edges, and the paper is the
@@ -218,13 +217,12 @@ def to_light_on_dark(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ink += _per_level(offset)
     np.clip(ink, 0.0, None, out=ink)
     # The peak over the levels present: ink rises or falls with the level, so it is at the
-    # darkest or the lightest of them.
-    # (An image without pixels has no levels present: its search ends past the last level.)
-    darkest, lightest = np.minimum(
-        _count_below(cumulative[:n, 1:], np.stack([np.ones(n), total], 1)), 255).T
+    # darkest or the lightest of them (an image without pixels has none: no digit).
+    present = image_counts > 0
+    darkest, lightest = present.argmax(axis=1), 255 - present[:, ::-1].argmax(axis=1)
     rows = np.arange(n)
     peak = np.maximum(ink[rows, darkest], ink[rows, lightest])
-    found = (peak >= MIN_CONTRAST) & (total > 0)
+    found = (peak >= MIN_CONTRAST) & present.any(axis=1)
     ink *= _per_level(255.0 / np.where(found, peak, 1.0))
     return ink.ravel()[in_table].reshape(grays.shape), found
 
@@ -518,8 +516,10 @@ def center_by_mass(fitted: np.ndarray, sizes: np.ndarray, size: int = IMAGE_SIZE
     """
     n, box, _ = fitted.shape
     positions = np.arange(box)
-    ones = np.ones(box, np.float32)
-    row_mass, col_mass = fitted @ ones, ones @ fitted  # (faster than sums over an axis)
+    # Plain sums, not products with ones: a symmetric digit's centre can sit exactly on a
+    # half pixel, and a product's different order of additions tips its rounding the
+    # other way (found by an attack on the faster version: some answers changed).
+    row_mass, col_mass = fitted.sum(axis=2), fitted.sum(axis=1)
     total = row_mass.sum(axis=1)
     has_mass = total > 0
     safe_total = np.where(has_mass, total, 1.0)
