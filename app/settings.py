@@ -21,7 +21,11 @@ class DeviceChoice(StrEnum):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DIGITS_", protected_namespaces=())
+    # An empty variable (`DIGITS_HOST=` in an env file, `${VAR:-}` in compose) means the
+    # default: read as a value it made the host '' (every interface), the model and key
+    # file paths '.' (the working directory), and numbers and switches fail to parse.
+    model_config = SettingsConfigDict(env_prefix="DIGITS_", protected_namespaces=(),
+                                      env_ignore_empty=True)
 
     model_dir: Path = Field(Path("models"), description="Where models/<style>/<version>/ live.")
     device: DeviceChoice = Field(

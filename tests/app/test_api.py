@@ -383,6 +383,14 @@ def test_module_level_app_is_built_from_the_environment(monkeypatch, tiny_model_
     assert response.json()["model"] == "functional" != DEFAULT
 
 
+def test_an_empty_variable_means_the_default(monkeypatch):
+    # `DIGITS_HOST=` must not bind every interface, nor `DIGITS_MODEL_DIR=` serve the
+    # working directory, nor an empty number stop the service.
+    for name in Settings.model_fields:
+        monkeypatch.setenv(f"DIGITS_{name.upper()}", "")
+    assert Settings() == Settings.model_construct()
+
+
 def test_the_page_is_served(client):
     page = client.get("/", headers={"accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
