@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import statistics
 import time
 from collections.abc import Callable
@@ -52,6 +51,8 @@ def symmetric_drawings() -> tuple[list[bytes], None]:
     even), dark on light and light on dark, as PNGs."""
     from PIL import Image, ImageDraw
 
+    from scripts.realworld_images import encode
+
     drawings = []
     for width, height in [(28, 28), (64, 64), (100, 100), (280, 280), (200, 300), (300, 200),
                           (1024, 1024)]:
@@ -78,12 +79,6 @@ def draw_centred(draw, shape: str, width: int, height: int, ink: int) -> None:
         draw.line((x, y - r, x, y + r), fill=ink, width=pen)
     else:
         draw.rectangle((x - r, y - r, x + r, y + r), fill=ink)
-
-
-def encode(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def digests() -> None:
