@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     grpc_port: int | None = Field(
         None, gt=0, lt=65536, description="Serve Open Inference Protocol v2 over gRPC on this "
         "port (Triton and KServe clients; 8001 by convention); unset: no gRPC.")
+    grpc_max_connections: int = Field(
+        256, gt=0, description="Open gRPC connections per server process; past it a new one "
+        "is closed.")
     metrics_port: int | None = Field(
         None, gt=0, description="Serve /metrics on this port only (what Prometheus scrapes, "
         "kept off the public port); unset: /metrics on the main port, behind the key if any.")

@@ -225,17 +225,22 @@ REBALANCING = [("grpc.max_connection_age_ms", 3000), ("grpc.max_connection_age_g
 async def start_server(service, settings, metrics, version: str) -> grpc.aio.Server:
     """The gRPC server on settings.host:settings.grpc_port, started on the running loop.
     Its message limit is the REST body limit; its socket shares the port with the other
-    server processes' (SO_REUSEPORT, grpc's default)."""
+    server processes' (SO_REUSEPORT, grpc's default). A connection past
+    DIGITS_GRPC_MAX_CONNECTIONS is closed at once, so a flood of them cannot take the
+    memory and file descriptors that the process's HTTP connections need."""
     limit = settings.max_upload_bytes
     # Each call's message is parsed whole before the service sees it: bound how many can
     # be held at once, as DIGITS_MAX_BUFFERED_BODY_BYTES bounds HTTP bodies (but never
     # below 64 calls, so that 64 clients are served). Calls past it get RESOURCE_EXHAUSTED.
+    # They are counted from their headers, not their message: grpc buffers a message as it
+    # arrives, however slowly, up to the limit, and only this count bounds the bytes that
+    # calls still sending theirs hold (`python -m bench.grpc_idle_streams --trickle`).
     calls = max(64, settings.max_buffered_body_bytes // limit)
-    server = grpc.aio.server(maximum_concurrent_rpcs=calls,
-                             options=[("grpc.max_receive_message_length", limit),
-                                      ("grpc.max_send_message_length", limit),
-                                      ("grpc.so_reuseport", 1),
-                                      *REBALANCING])
+    server = grpc.aio.server(maximum_concurrent_rpcs=calls, options=[
+        ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 1),
+        ("grpc.max_allowed_incoming_connections", settings.grpc_max_connections),
+        *REBALANCING])
     add_to_server(InferenceService(service, settings, metrics, version), server)
     server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
     await server.start()
