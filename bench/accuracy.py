@@ -107,7 +107,10 @@ def probabilities(version_dir: Path, digits: np.ndarray) -> np.ndarray:
 
 
 def latest_version(style_dir: Path) -> int:
-    return max(int(p.name) for p in style_dir.iterdir() if p.name.isdigit())
+    """The version the service serves for a style: its highest (digit_contract's rule)."""
+    from digit_contract import list_versions
+
+    return list_versions(style_dir)[-1]
 
 
 def main() -> None:
