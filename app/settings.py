@@ -88,8 +88,8 @@ class Settings(BaseSettings):
         256 * 1024 * 1024, gt=0, description="Request-body bytes all connections of a server "
         "process may hold while they arrive; past it a connection adding more gets 503.")
     max_connections: int = Field(
-        1000, gt=0, description="Open connections per server process; past it a new one "
-        "gets 503 and is closed.")
+        1000, gt=0, description="Open connections per server process, HTTP and gRPC each; "
+        "past it a new HTTP connection gets 503 and is closed, a new gRPC one is closed.")
     graceful_shutdown_s: float = Field(
         30.0, gt=0, description="On SIGTERM, how long requests in flight may take to finish; "
         "those still running then get 503 + Retry-After.")
@@ -102,9 +102,6 @@ class Settings(BaseSettings):
     grpc_port: int | None = Field(
         None, gt=0, lt=65536, description="Serve Open Inference Protocol v2 over gRPC on this "
         "port (Triton and KServe clients; 8001 by convention); unset: no gRPC.")
-    grpc_max_connections: int = Field(
-        256, gt=0, description="Open gRPC connections per server process; past it a new one "
-        "is closed.")
     metrics_port: int | None = Field(
         None, gt=0, description="Serve /metrics on this port only (what Prometheus scrapes, "
         "kept off the public port); unset: /metrics on the main port, behind the key if any.")

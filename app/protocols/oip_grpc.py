@@ -227,17 +227,30 @@ def _parsing(method, message_type, max_fields: int):
 
 
 # Parsing a message makes an object of each field it holds, nested ones too, and holds the
-# interpreter lock throughout: a 10 MB message of 5 million empty inputs took 0.2 s and 400
-# MB. A message over COUNTED_MESSAGE_BYTES has its fields counted from its bytes first, and
-# is refused past its field limit: 4,096, or more when a request may hold more images (a
-# valid one has a few dozen fields, and one per image sent as typed BYTES contents).
-# Smaller ones cannot hold enough to matter.
+# interpreter lock throughout: a 10 MB message can hold millions of empty inputs, hundreds
+# of MB once parsed. A message over COUNTED_MESSAGE_BYTES has its fields counted from its
+# bytes first, and is refused past its field limit: 4,096, or more when a request may hold
+# more images (a valid one has a few dozen fields, and one per image sent as typed BYTES
+# contents). Smaller ones cannot hold enough to matter.
 COUNTED_MESSAGE_BYTES = 64 * 1024
 
 
 def field_limit(max_images: int) -> int:
     return max(4096, max_images + 1024)
 
+
+# Calls one connection may have open at once (HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS; a
+# client queues the rest; tritonclient puts 6 on a connection): 100, the least the HTTP/2
+# RFC recommends. grpc's default sets none, and then a client opening and resetting
+# streams as fast as it can (HTTP/2's "rapid reset") filled the queue of calls waiting for
+# the app, and grpc cancelled other clients' calls to make room; with a limit, grpc refuses
+# the streams past it itself.
+STREAMS_PER_CONNECTION = 100
+
+# How long grpc waits for a new connection's first bytes, for its client to acknowledge
+# HTTP/2 settings, and for a ping's answer.
+OPENING_TIMEOUTS = ("grpc.server_handshake_timeout_ms", "grpc.http2.settings_timeout",
+                    "grpc.http2.ping_timeout_ms")
 
 # The kernel spreads connections, not calls, over the server processes (SO_REUSEPORT), and
 # a gRPC client keeps a few connections for all its calls: by bad luck most of them land on
@@ -249,9 +262,13 @@ REBALANCING = [("grpc.max_connection_age_ms", 3000), ("grpc.max_connection_age_g
 async def start_server(service, settings, metrics, version: str) -> grpc.aio.Server:
     """The gRPC server on settings.host:settings.grpc_port, started on the running loop.
     Its message limit is the REST body limit; its socket shares the port with the other
-    server processes' (SO_REUSEPORT, grpc's default). A connection past
-    DIGITS_GRPC_MAX_CONNECTIONS is closed at once, so a flood of them cannot take the
-    memory and file descriptors that the process's HTTP connections need."""
+    server processes' (SO_REUSEPORT, grpc's default).
+
+    Connections are bounded as HTTP's are: past DIGITS_MAX_CONNECTIONS a new one is closed
+    at once, so a flood of them cannot take the file descriptors that the process's HTTP
+    connections need, and one that has not finished opening (HTTP/2's preface and settings)
+    or stops answering pings is closed after DIGITS_HEADER_TIMEOUT_S, so that silent
+    sockets cannot hold those places for long (20 s or more by grpc's defaults)."""
     limit = settings.max_upload_bytes
     # Each call's message is parsed whole before the service sees it: bound how many can
     # be held at once, as DIGITS_MAX_BUFFERED_BODY_BYTES bounds HTTP bodies (but never
@@ -263,7 +280,9 @@ async def start_server(service, settings, metrics, version: str) -> grpc.aio.Ser
     server = grpc.aio.server(maximum_concurrent_rpcs=calls, options=[
         ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
         ("grpc.so_reuseport", 1),
-        ("grpc.max_allowed_incoming_connections", settings.grpc_max_connections),
+        ("grpc.max_allowed_incoming_connections", settings.max_connections),
+        ("grpc.max_concurrent_streams", STREAMS_PER_CONNECTION),
+        *[(option, round(settings.header_timeout_s * 1000)) for option in OPENING_TIMEOUTS],
         *REBALANCING])
     add_to_server(InferenceService(service, settings, metrics, version), server)
     server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")

@@ -101,8 +101,8 @@ OTHER_DATATYPES = {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16
 MAX_DIMENSIONS = 8
 
 # The models take one input and give one output. A request naming more tensors than this is
-# refused before any is read: each costs Python objects, and a 10 MB gRPC message can name
-# 800,000 empty ones (4 s and 500 MB of the event loop's time before they were refused).
+# refused before any is read: each costs Python objects on the event loop, and a 10 MB gRPC
+# message can name hundreds of thousands of empty ones.
 MAX_TENSORS = 8
 
 

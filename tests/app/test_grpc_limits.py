@@ -1,8 +1,13 @@
 """Hostile gRPC clients, against `python -m app` with gRPC on (one server process):
-connections past the cap are closed, and the clients already connected go on."""
+connections past the cap are closed, and the clients already connected go on; connections
+that never finish opening are closed after the header timeout; a client resetting streams
+as fast as it can opens them ("rapid reset") costs no other client its calls."""
 
 from __future__ import annotations
 
+import socket
+import struct
+import threading
 import time
 
 import numpy as np
@@ -18,13 +23,16 @@ pb = pytest.importorskip("tritonclient.grpc.service_pb2")
 
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 CONNECTIONS = 8
+HEADER_TIMEOUT_S = 1
+# What a client sends first: HTTP/2's preface and its (empty) settings.
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
 @pytest.fixture(scope="module")
 def target():
     port = free_port()
     server, _ = start_server(REPO_ROOT / "models", access_log="false", grpc_port=port,
-                             grpc_max_connections=CONNECTIONS)
+                             max_connections=CONNECTIONS, header_timeout_s=HEADER_TIMEOUT_S)
     try:
         yield f"127.0.0.1:{port}"
     finally:
@@ -79,3 +87,66 @@ def test_connections_past_the_cap_are_closed_and_the_others_served(target):
     for each in connected:
         each.close()
     assert answer == "OK"
+
+
+@pytest.mark.parametrize("opening", [b"", PREFACE], ids=["silent", "preface only"])
+def test_connections_that_never_finish_opening_are_closed(target, opening):
+    # By grpc's defaults such a socket held its place for 23 s: a few hundred of them,
+    # renewed, kept every other gRPC client out.
+    host, port = target.split(":")
+    with socket.create_connection((host, int(port))) as silent:
+        silent.sendall(opening)
+        silent.settimeout(5 * HEADER_TIMEOUT_S + 5)
+        try:
+            while silent.recv(65536):  # the server's settings, then its goodbye
+                pass
+        except ConnectionResetError:  # closed too, less politely
+            pass
+    assert infer(target) == "OK"
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    """An HTTP/2 frame: 24-bit length, type, flags, stream id."""
+    return (struct.pack(">I", len(payload))[1:] + bytes([kind, flags])
+            + struct.pack(">I", stream) + payload)
+
+
+def literal(name: str, value: str) -> bytes:
+    """An HPACK header field, literal and not indexed (short names and values only)."""
+    return b"\x00" + bytes([len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+
+CALL_HEADERS = b"".join(literal(name, value) for name, value in [
+    (":method", "POST"), (":scheme", "http"), (":path", INFER), (":authority", "digits"),
+    ("content-type", "application/grpc"), ("te", "trailers")])
+HEADERS, RST_STREAM, END_HEADERS, CANCEL = 1, 3, 4, struct.pack(">I", 8)
+
+
+def test_a_rapid_reset_flood_costs_no_other_client_its_calls(target):
+    host, port = target.split(":")
+    stop = threading.Event()
+
+    def flood():
+        with socket.create_connection((host, int(port))) as attacker:
+            attacker.sendall(PREFACE)
+            stream = 1
+            while not stop.is_set():
+                burst = []
+                for _ in range(100):  # open a call and cancel it at once
+                    burst += [frame(HEADERS, END_HEADERS, stream, CALL_HEADERS),
+                              frame(RST_STREAM, 0, stream, CANCEL)]
+                    stream += 2
+                try:
+                    attacker.sendall(b"".join(burst))
+                except OSError:  # closed by the server: the attack ends
+                    return
+
+    attack = threading.Thread(target=flood)
+    attack.start()
+    try:
+        time.sleep(0.5)
+        answers = [infer(target) for _ in range(20)]
+    finally:
+        stop.set()
+        attack.join()
+    assert answers == ["OK"] * 20
