@@ -32,6 +32,7 @@ from app.protocols.proto import inference_pb2_grpc as pb_grpc
 from app.protocols.tensors import (
     BYTES,
     FP32,
+    MAX_DIMENSIONS,
     OUTPUT_NAME,
     InputTensor,
     ProtocolError,
@@ -154,7 +155,8 @@ def _inputs(request, max_images: int) -> list[InputTensor]:
                             "inputs: send one per input, or none and typed contents.")
     inputs = []
     for k, item in enumerate(request.inputs):
-        name, shape = item.name[:100], list(item.shape)
+        # (No more than one dimension too many is copied: check_shape refuses it.)
+        name, shape = item.name[:100], list(item.shape[:MAX_DIMENSIONS + 1])
         if raw:
             if item.HasField("contents"):
                 raise ProtocolError(400, f"Input '{name}' has typed contents as well as "

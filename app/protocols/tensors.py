@@ -114,8 +114,10 @@ def check_tensor_count(count: int, what: str) -> None:
 
 def load_json(body: bytes, max_values: int):
     """JSON, refused with 413 first when it holds more values than any accepted request
-    could (a body of "0,0,0,..." would become millions of Python objects)."""
-    if body.count(b",") > max_values + 10_000:
+    could: a body of "0,0,0,..." would become millions of Python objects, and one of
+    "[[[[...]]]]" or "{"a":{"a":...}}" as many lists or dicts with hardly a comma. (A valid
+    one has at most about a list per value, nested as the tensor's shape.)"""
+    if max(body.count(b","), body.count(b"["), body.count(b"{")) > max_values + 10_000:
         raise ProtocolError(413, f"The request holds more values than the {max_values:,} "
                             "a request may send.")
     try:

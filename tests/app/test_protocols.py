@@ -409,10 +409,22 @@ def one_input_of_many_parameters() -> bytes:
     return request.SerializeToString()
 
 
+def one_input_of_a_long_shape() -> bytes:
+    """A packed shape of 5 million dimensions: 10 MB, which parse to 40 MB of integers."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name="sequential")
+    request.inputs.add(name="image", datatype="FP32", shape=[1] * 5_000_000)
+    return request.SerializeToString()
+
+
 @pytest.mark.parametrize("make_body", [
     # 5 million empty inputs: parsed, 400 MB of objects and 0.2 s holding the interpreter.
     lambda: b"\x0a\x0asequential" + b"\x2a\x00" * 5_000_000,
+    # The same after an unknown group, which the parser skips.
+    lambda: b"\x0a\x0asequential\x9b\x06\x9c\x06" + b"\x2a\x00" * 5_000_000,
     one_input_of_many_parameters,
+    one_input_of_a_long_shape,
 ])
 def test_grpc_messages_of_more_fields_than_any_request_are_refused_unparsed(grpc_client,
                                                                             make_body):
@@ -441,3 +453,22 @@ def test_grpc_typed_bytes_of_a_full_request_are_served(grpc_client, native):
     answer = client._client_stub.ModelInfer(request)
     probabilities = np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(256, 10)
     assert np.abs(probabilities[:3] - native[0]).max() < 1e-5
+
+
+NESTED_LISTS = ",".join(["[" * 400 + "0" + "]" * 400] * 1000)  # 400,000 lists, 999 commas
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v2/models/sequential/infer",
+     '{"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 28, 28, 1], '
+     f'"data": [{NESTED_LISTS}]}}]}}'),
+    ("/v1/models/sequential:predict", f'{{"instances": [{NESTED_LISTS}]}}'),
+    ("/v1/models/sequential:predict",
+     '{"instances": [' + ",".join(['{"a":' * 400 + "0" + "}" * 400] * 1000) + "]}"),
+])
+def test_json_of_more_lists_or_objects_than_any_request_is_refused_unparsed(service, path,
+                                                                            body):
+    # Few commas, but each "[" or "{" is an object json.loads would build.
+    answer = httpx.post(f"{service}{path}", content=body, timeout=30)
+    assert answer.status_code == 413, answer.text
+    assert "more values" in answer.json()["error"]
