@@ -150,6 +150,15 @@ def test_only_a_few_small_plain_pngs_are_cheap_enough_for_the_event_loop(workers
     assert alone.header is None
 
 
+def test_a_request_of_many_pixels_in_few_bytes_is_decoded_ahead(workers):
+    # A blank megapixel canvas is a few KB: in the batch, a hundred of them held every
+    # request for the model up for most of a second.
+    canvas = encode(draw_one(size=(1024, 1024)))
+    assert len(canvas) < 20_000
+    assert workers.in_batch(uploads(canvas)) is not None  # one is cheap enough
+    assert workers.in_batch(uploads(canvas, 2)) is None  # two go to the decoder processes
+
+
 def test_only_non_simple_images_reach_the_workers(workers, monkeypatch):
     sent = []
     original = workers.pool.run
