@@ -10,7 +10,10 @@ one per element, through the service's own preprocessing. Both answer FP32 `outp
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
+from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -146,3 +149,28 @@ def model_input(inputs: list[InputTensor], outputs: tuple[str, ...], image: bool
     return tensor.value if image else check_finite(tensor.value, name)
 
 
+async def decompressed(request: Request, body: bytes, max_bytes: int) -> bytes:
+    """The body, inflated when the client compressed it (Content-Encoding gzip or deflate:
+    tritonclient's request_compression_algorithm), to at most `max_bytes` like any other
+    body."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise ProtocolError(415, f"Content-Encoding {encoding[:20]!r}: only gzip and deflate "
+                            "are accepted.")
+    return await run_in_threadpool(inflate, body, max_bytes)
+
+
+def inflate(body: bytes, max_bytes: int) -> bytes:
+    inflater = zlib.decompressobj(wbits=47)  # gzip or zlib, told by the header
+    try:
+        inflated = inflater.decompress(body, max_bytes + 1)
+    except zlib.error as error:
+        raise ProtocolError(400, f"The compressed body is corrupt: {error}") from None
+    if len(inflated) > max_bytes:
+        raise ProtocolError(413, f"The body inflates to over {max_bytes:,} bytes "
+                            "(DIGITS_MAX_UPLOAD_BYTES).")
+    if not inflater.eof:
+        raise ProtocolError(400, "The compressed body is truncated.")
+    return inflated

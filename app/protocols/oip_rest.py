@@ -9,11 +9,8 @@ protocol's clients expect, with the service's statuses.
 
 from __future__ import annotations
 
-import zlib
-
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from app.protocols.models import (
     ERRORS,
@@ -22,6 +19,7 @@ from app.protocols.models import (
     THREAD_ANSWER_ROWS,
     THREAD_BODY_BYTES,
     classify_images,
+    decompressed,
     error_response,
     model_config,
     model_input,
@@ -33,7 +31,6 @@ from app.protocols.tensors import (
     BYTES,
     FP32,
     OUTPUT_NAME,
-    ProtocolError,
     encode_response,
     parse_infer_request,
 )
@@ -117,7 +114,7 @@ async def infer(request: Request) -> Response:
         with served:
             body = await read_body(request, settings.max_upload_bytes, settings.body_timeout_s)
             limit = settings.max_images_per_request
-            body = await _decompressed(request, body, settings.max_upload_bytes)
+            body = await decompressed(request, body, settings.max_upload_bytes)
             header = request.headers.get(BINARY_HEADER)
             parsed = await off_the_loop_if(len(body) > THREAD_BODY_BYTES,
                                            parse_infer_request, body, header, limit)
@@ -139,27 +136,3 @@ async def infer(request: Request) -> Response:
 
 
 
-async def _decompressed(request: Request, body: bytes, max_bytes: int) -> bytes:
-    """The body, inflated when the client compressed it (tritonclient's
-    request_compression_algorithm), to at most `max_bytes` like any other body."""
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise ProtocolError(415, f"Content-Encoding {encoding[:20]!r}: only gzip and deflate "
-                            "are accepted.")
-    return await run_in_threadpool(inflate, body, max_bytes)
-
-
-def inflate(body: bytes, max_bytes: int) -> bytes:
-    inflater = zlib.decompressobj(wbits=47)  # gzip or zlib, told by the header
-    try:
-        inflated = inflater.decompress(body, max_bytes + 1)
-    except zlib.error as error:
-        raise ProtocolError(400, f"The compressed body is corrupt: {error}") from None
-    if len(inflated) > max_bytes:
-        raise ProtocolError(413, f"The body inflates to over {max_bytes:,} bytes "
-                            "(DIGITS_MAX_UPLOAD_BYTES).")
-    if not inflater.eof:
-        raise ProtocolError(400, "The compressed body is truncated.")
-    return inflated

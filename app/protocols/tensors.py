@@ -219,12 +219,21 @@ def check_finite(tensor: np.ndarray, name: str) -> np.ndarray:
     return tensor
 
 
-def _json_numbers(data, shape: list[int], name: str) -> np.ndarray:
+def float32_numbers(data, problem: str) -> np.ndarray:
+    """JSON numbers, nested as a tensor, as float32; anything else (strings such as "0.5",
+    true and false, nulls, ragged lists) a 400 that says `problem`."""
     try:
-        array = np.asarray(data, dtype=np.float32)
+        array = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
-        raise ProtocolError(400, f"Input '{name}': 'data' must be numbers, flat or nested "
-                            "as the shape.") from None
+        raise ProtocolError(400, problem) from None
+    if array.dtype.kind not in "iuf":  # numbers; bool, str and object arrays are not
+        raise ProtocolError(400, problem)
+    return array.astype(np.float32)
+
+
+def _json_numbers(data, shape: list[int], name: str) -> np.ndarray:
+    array = float32_numbers(data, f"Input '{name}': 'data' must be numbers, flat or nested "
+                                  "as the shape.")
     if array.size != math.prod(shape):
         raise ProtocolError(400, f"Input '{name}': {array.size:,} values for shape {shape} "
                             f"(which needs {math.prod(shape):,}).")

@@ -24,6 +24,7 @@ from app.protocols.models import (
     THREAD_ANSWER_ROWS,
     THREAD_BODY_BYTES,
     classify_images,
+    decompressed,
     error_response,
     model_names,
     off_the_loop_if,
@@ -36,6 +37,7 @@ from app.protocols.tensors import (
     ProtocolError,
     check_finite,
     decode_base64,
+    float32_numbers,
     load_json,
 )
 from app.registry import LoadedModel, ServedVersion
@@ -99,6 +101,7 @@ async def predict(request: Request) -> JSONResponse:
         request.state.model = served.model.style.value
         with served:
             body = await read_body(request, settings.max_upload_bytes, settings.body_timeout_s)
+            body = await decompressed(request, body, settings.max_upload_bytes)
             value, row = await off_the_loop_if(len(body) > THREAD_BODY_BYTES, parse_predict,
                                                body, image, settings.max_images_per_request)
             del body
@@ -200,11 +203,8 @@ def _unwrap(value, name: str):
 
 
 def _tensor(values: list) -> np.ndarray:
-    try:
-        tensor = np.asarray(values, dtype=np.float32)
-    except (ValueError, TypeError, OverflowError):
-        raise ProtocolError(400, "Each example must be numbers nested as [28][28][1] "
-                            "(float32 in [0, 1], light digit on dark).") from None
+    tensor = float32_numbers(values, "Each example must be numbers nested as [28][28][1] "
+                                     "(float32 in [0, 1], light digit on dark).")
     if tensor.shape[1:] != INPUT_SHAPE:
         raise ProtocolError(400, f"The input has shape {list(tensor.shape)[:8]}; the model "
                             f"takes [-1, {', '.join(map(str, INPUT_SHAPE))}].")

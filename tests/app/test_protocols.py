@@ -5,6 +5,7 @@ Open Inference Protocol v2 HTTP, against `python -m app`. Answers must agree wit
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import shutil
@@ -347,11 +348,35 @@ def test_oip_refuses_what_it_cannot_use_with_a_4xx(service, body, headers, statu
     assert set(answer.json()) == {"error"}
 
 
-@pytest.mark.parametrize("instances", [[[[[1e39]] * 28] * 28], [[[["nan"]] * 28] * 28]])
+@pytest.mark.parametrize("instances", [[[[[1e39]] * 28] * 28], [[[[float("nan")]] * 28] * 28]])
 def test_tfs_refuses_values_the_answer_could_not_carry(service, instances):
     answer = httpx.post(f"{service}/v1/models/sequential:predict",
                         content=json.dumps({"instances": instances}))
     assert answer.status_code == 400 and "NaN" in answer.json()["error"]
+
+
+@pytest.mark.parametrize("value", ["0.5", True, None])
+def test_tensors_must_be_json_numbers(service, value):
+    # Strings, booleans and nulls are not numbers, whatever numpy would make of them.
+    tfs = httpx.post(f"{service}/v1/models/sequential:predict",
+                     content=json.dumps({"instances": [[[[value]] * 28] * 28]}))
+    assert tfs.status_code == 400 and "must be numbers" in tfs.json()["error"]
+    oip = httpx.post(f"{service}/v2/models/sequential/infer",
+                     content=json.dumps({"inputs": [{**TENSOR, "data": [value] * 784}]}))
+    assert oip.status_code == 400 and "must be numbers" in oip.json()["error"]
+
+
+def test_tfs_bodies_may_be_compressed(service, native):
+    probabilities, tensors = native
+    body = gzip.compress(json.dumps({"instances": tensors.tolist()}).encode())
+    answer = httpx.post(f"{service}/v1/models/sequential:predict", content=body,
+                        headers={"content-encoding": "gzip"})
+    assert answer.status_code == 200, answer.text
+    assert np.abs(np.array(answer.json()["predictions"]) - probabilities).max() < 1e-5
+    bomb = gzip.compress(b" " * 20_000_000)
+    refused = httpx.post(f"{service}/v1/models/sequential:predict", content=bomb,
+                         headers={"content-encoding": "gzip"})
+    assert refused.status_code == 413
 
 
 def test_grpc_counts_are_checked_before_anything_is_copied(grpc_client):
