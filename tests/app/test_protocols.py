@@ -366,6 +366,17 @@ def test_tensors_must_be_json_numbers(service, value):
     assert oip.status_code == 400 and "must be numbers" in oip.json()["error"]
 
 
+def test_strings_in_tensor_data_cost_no_more_than_their_bytes(service):
+    # As an array of strings, each element is as wide as the longest: this 400 KB body
+    # would take 400 MB, and a 6 MB one a failed 3.6 TiB allocation (a 500).
+    data = ["0" * 100_000] + ["1"] * 999
+    for path, body in [("/v2/models/sequential/infer",
+                        {"inputs": [{**TENSOR, "shape": [1000], "data": data}]}),
+                       ("/v1/models/sequential:predict", {"instances": [data]})]:
+        answer = httpx.post(f"{service}{path}", content=json.dumps(body), timeout=30)
+        assert answer.status_code == 400 and "must be numbers" in answer.json()["error"]
+
+
 def test_tfs_bodies_may_be_compressed(service, native):
     probabilities, tensors = native
     body = gzip.compress(json.dumps({"instances": tensors.tolist()}).encode())
