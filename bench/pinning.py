@@ -2,10 +2,10 @@
 
 Alternating rounds, each on a fresh `python -m app --workers <cores>` with gRPC on: 32
 connections of single-digit `/predict` uploads (wrk), 8 of 64-digit uploads (wrk), then 32
-of OIP v2 gRPC ModelInfer
-with FP32 tensors (Triton's perf_analyzer). Besides requests/s it reports the server's own
-CPU time per request (its processes and their decoders, from /proc), which the machine's
-drift moves far less than throughput, and the cores perf_analyzer spent on itself.
+of OIP v2 gRPC ModelInfer with FP32 tensors (Triton's perf_analyzer). Besides requests/s
+it reports the server's own CPU time per request (its processes and their decoders, from
+/proc), which the machine's drift moves far less than throughput, and the cores
+perf_analyzer spent on itself.
 
     python -m bench.pinning [--rounds 3] [--seconds 6]
 """

@@ -8,10 +8,10 @@ of 1, 16 and 128. Median of several timed rounds, on one core, with glibc's allo
 as in the server processes (app.allocator): without it each large temporary is a fresh
 mapping whose pages fault in, which the server does not pay.
 
-`--digests` prints instead a hash of the digits prepared from each of bench.accuracy's sets
-(26,802 images) and from 140 symmetric drawings, whose centre of mass can fall exactly on a
-half pixel (where a different order of additions tips the rounding): a change meant to
-make preprocessing faster, not different, keeps them.
+`--digests` prints instead a hash of the digits prepared from each of bench.accuracy's
+sets (10,734 images in all) and from 140 symmetric drawings, whose centre of mass can fall
+exactly on a half pixel (where a different order of additions tips the rounding): a change
+meant to make preprocessing faster, not different, keeps them.
 """
 
 from __future__ import annotations
