@@ -27,6 +27,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     DIGITS_MODEL_DIR=/srv/models \
+    NUMBA_CACHE_DIR=/tmp/numba-cache \
     DIGITS_HOST=0.0.0.0 \
     DIGITS_PORT=8000
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin digits

@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         # Imported here so that building the app (and `import app.main`) stays cheap.
+        from app import preprocessing
         from app.devices import select_device
         from app.lifecycle import LoadSettings, ModelWatcher
         from app.service import PredictionService
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             publish=functools.partial(setattr, service, "registry"),
             on_load=metrics.model_loaded, on_retire=metrics.model_retired)
         await watcher.refresh()
+        preprocessing.use_compiled_kernels()
         # TensorFlow leaves hundreds of thousands of long-lived objects on the Python heap;
         # each full garbage collection would walk them all (a pause of a tenth of a second
         # or more). Freezing moves them out of the collector's sight.

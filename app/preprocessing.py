@@ -125,13 +125,35 @@ def normalize(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Each digit is first brought to a working size (WORKING_BOX) where its pen is measured
     and, if a hairline, thickened; then it is fitted to MNIST's 20 px box.
+    In a process that has called `use_compiled_kernels`, app.kernels does the same steps.
     """
+    if _kernels is not None:
+        return _kernels.normalize(grays)
     ink, found = to_light_on_dark(grays)
     ink = ink[found]
     working, _ = fit_in_box(ink, find_digit_boxes(ink), box=WORKING_BOX)
     working = normalize_strokes(working)
     fitted, sizes = fit_in_box(working, find_digit_boxes(working))
     return center_by_mass(fitted, sizes), found
+
+
+_kernels = None
+
+
+def use_compiled_kernels(enabled: bool = True) -> None:
+    """Normalise with app.kernels in this process from now on (or, with False, with numpy
+    again): the same digits, bit for bit, for less CPU. The server processes do; the
+    decoder processes don't, since numba costs each process about 40 MB and a few tenths
+    of a second to start, and decoders are replaced after every image that overruns its
+    limits."""
+    global _kernels
+    if not enabled:
+        _kernels = None
+        return
+    from app import kernels
+
+    kernels.warm_up()
+    _kernels = kernels
 
 
 # Stacks are cut to at most this many pixels, so a batch of large photos never needs more
@@ -151,6 +173,12 @@ def _same_shape_groups(grays: dict[int, np.ndarray]) -> list[list[int]]:
 
 
 NO_DIGIT = "No digit found: the image is blank or has almost no contrast."
+
+# The levels taken as the darkest and lightest (see to_light_on_dark).
+LOW_QUANTILE, HIGH_QUANTILE = 0.0002, 0.9998
+# Noise is three standard deviations off the background, a deviation being 1.4826 median
+# absolute deviations (a normal distribution's ratio).
+NOISE_SCALE = 3.0 * 1.4826
 
 
 def to_light_on_dark(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,7 +206,7 @@ def to_light_on_dark(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # to the ends that a thin pen stroke on a big page (well under 1% of it) still counts.
     # (The image's and the frame's quantiles are found together; the frame's median is used.)
     cumulative = _cumulative(np.concatenate([image_counts, frame_counts]))
-    quantiles = _quantiles(cumulative, 0.0002, 0.5, 0.9998)
+    quantiles = _quantiles(cumulative, LOW_QUANTILE, 0.5, HIGH_QUANTILE)
     low, median, high = quantiles[:n].T
     frame_level = quantiles[n:, 1]
     # A digit filling the image: the median is ink or its grey edges, and the paper is the
@@ -205,7 +233,7 @@ def to_light_on_dark(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     background = np.where(filled, paper_level, background)
     deviation = np.where(filled, paper_spread, deviation)
     # Paper texture and sensor noise sit a few levels off the background; drop them.
-    noise = 3.0 * 1.4826 * deviation
+    noise = NOISE_SCALE * deviation
     inverted = (background - low) > (high - background)
     # ink = (background - noise) - gray when inverted, else gray - (background + noise)
     sign = np.where(inverted, -1.0, 1.0)
@@ -230,12 +258,19 @@ def to_light_on_dark(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def frame_edges(grays: np.ndarray) -> list[np.ndarray]:
     """The four bands along each image's edges (top, bottom, left, right), each 2% of the
     image's size deep (at least one pixel), [n, depth, length] or [n, length, depth]."""
-    _, height, width = grays.shape
-    depth = max(1, round(0.02 * min(height, width)))
-    if 2 * depth >= min(height, width):
+    depth = frame_depth(grays.shape)
+    if depth == 0:
         return [grays] * 4
     return [grays[:, :depth, :], grays[:, -depth:, :],
             grays[:, depth:-depth, :depth], grays[:, depth:-depth, -depth:]]
+
+
+def frame_depth(shape: tuple[int, ...]) -> int:
+    """How deep `frame_edges` cuts the frame of [n, H, W] images; 0: each edge is the
+    whole image (too small to have a frame)."""
+    height, width = shape[-2:]
+    depth = max(1, round(0.02 * min(height, width)))
+    return 0 if 2 * depth >= min(height, width) else depth
 
 
 def _per_image(values: np.ndarray) -> np.ndarray:
@@ -359,6 +394,17 @@ def _trimmed_spans(profiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, np.maximum(first, np.minimum(last, profiles.shape[1] - 1))
 
 
+def fitted_sizes(boxes: np.ndarray, box: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The boxes' heights and widths, and each digit's size once its longest side is
+    `box` px (int [n, 2]: height, width)."""
+    top, bottom, left, right = boxes.T
+    heights, widths = bottom - top + 1, right - left + 1
+    scale = box / np.maximum(heights, widths)
+    sizes = np.stack([np.maximum(1, np.round(heights * scale)),
+                      np.maximum(1, np.round(widths * scale))], axis=1).astype(np.int64)
+    return heights, widths, sizes
+
+
 def fit_in_box(ink: np.ndarray, boxes: np.ndarray,
                box: int = DIGIT_BOX) -> tuple[np.ndarray, np.ndarray]:
     """Cut each digit out and scale it so its longest side is `box` px, keeping the aspect
@@ -371,11 +417,8 @@ def fit_in_box(ink: np.ndarray, boxes: np.ndarray,
     columns) so that one batched product scales the whole stack.
     """
     n, height, width = ink.shape
-    top, bottom, left, right = boxes.T
-    heights, widths = bottom - top + 1, right - left + 1
-    scale = box / np.maximum(heights, widths)
-    sizes = np.stack([np.maximum(1, np.round(heights * scale)),
-                      np.maximum(1, np.round(widths * scale))], axis=1).astype(np.int64)
+    top, _, left, _ = boxes.T
+    heights, widths, sizes = fitted_sizes(boxes, box)
     rows = np.zeros((n, box, height), dtype=np.float32)
     cols = np.zeros((n, box, width), dtype=np.float32)
     spans = zip(top.tolist(), heights.tolist(), left.tolist(), widths.tolist(), sizes.tolist(),
@@ -411,7 +454,7 @@ def stroke_width(digit: np.ndarray) -> float:
 
 
 # Ridge distances are counted in quarter pixels.
-_DISTANCE_STEPS = 4
+DISTANCE_STEPS = 4
 
 
 def stroke_widths(digits: np.ndarray) -> np.ndarray:
@@ -426,31 +469,45 @@ def stroke_widths(digits: np.ndarray) -> np.ndarray:
     """
     if len(digits) == 0:
         return np.zeros(0)
-    masks = _pad(digits >= STROKE_MASK_LEVEL, 1, np.uint8)
-    # The padded masks, one above the other, make a single image for OpenCV: each digit's
-    # blank border keeps the digits apart, since a border pixel is nearer to every pixel
-    # inside than anything beyond it (and the dilation reaches one pixel only).
+    masks, distances = stroke_distances(digits)
     n, height, width = masks.shape
-    distances = cv2.distanceTransform(masks.reshape(n * height, width), cv2.DIST_L2,
-                                      cv2.DIST_MASK_5)
-    neighbourhood = cv2.dilate(distances, _disc(1)).reshape(masks.shape)
-    distances = distances.reshape(masks.shape)
+    # The stacked images' blank borders keep them apart here too: the dilation reaches one
+    # pixel only.
+    neighbourhood = cv2.dilate(distances.reshape(n * height, width),
+                               _disc(1)).reshape(masks.shape)
     ridge = np.flatnonzero((distances >= neighbourhood) & (masks > 0))
     image = ridge // (height * width)
-    steps = np.minimum(np.round(distances.ravel()[ridge] * _DISTANCE_STEPS), 255).astype(np.int64)
+    steps = np.minimum(np.round(distances.ravel()[ridge] * DISTANCE_STEPS), 255).astype(np.int64)
     counts = np.bincount(image * 256 + steps, minlength=256 * n).reshape(n, 256)
     cumulative = np.cumsum(counts, axis=1)
     upper_quartile = _count_below(cumulative, 0.75 * cumulative[:, -1:])[:, 0]
-    widths = 2.0 * upper_quartile / _DISTANCE_STEPS - 1.0
+    widths = 2.0 * upper_quartile / DISTANCE_STEPS - 1.0
     return np.where(cumulative[:, -1] > 0, widths, MNIST_STROKE)
+
+
+def stroke_distances(digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each digit's strokes (uint8 masks [n, H + 2, W + 2], with a blank border) and their
+    distance to the background (float32, the same shape)."""
+    masks = _pad(digits >= STROKE_MASK_LEVEL, 1, np.uint8)
+    # The padded masks, one above the other, make a single image for OpenCV: each digit's
+    # blank border keeps the digits apart, since a border pixel is nearer to every pixel
+    # inside than anything beyond it.
+    n, height, width = masks.shape
+    distances = cv2.distanceTransform(masks.reshape(n * height, width), cv2.DIST_L2,
+                                      cv2.DIST_MASK_5)
+    return masks, distances.reshape(masks.shape)
 
 
 def normalize_strokes(digits: np.ndarray) -> np.ndarray:
     """Thicken each hairline digit's pen to MNIST's. Takes and returns float32
     [n, WORKING_BOX, WORKING_BOX] (with a margin added for the dilation)."""
+    return thicken_thin_pens(digits, stroke_widths(digits))
+
+
+def thicken_thin_pens(digits: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """`normalize_strokes` given the digits' stroke widths."""
     margin = 4
     padded = _pad(digits, margin)
-    widths = stroke_widths(digits)
     # Dilation reaches at most 2 px, within the margin: a stroke is at least 1 px wide.
     radii = np.round((MNIST_STROKE - widths) / 2).astype(int)
     thin = widths < THIN_STROKE
@@ -514,7 +571,20 @@ def center_by_mass(fitted: np.ndarray, sizes: np.ndarray, size: int = IMAGE_SIZE
 
     Takes `fit_in_box`'s output; returns uint8 [n, size, size].
     """
+    tops, lefts = mass_offsets(fitted, sizes, size)
     n, box, _ = fitted.shape
+    # Each digit goes in with the zeros beside it, into a field wide enough for any shift.
+    field = np.zeros((n, size + box, size + box), dtype=np.float32)
+    for i, (top, left) in enumerate(zip(tops.tolist(), lefts.tolist(), strict=True)):
+        field[i, top: top + box, left: left + box] = fitted[i]
+    return np.round(field[:, :size, :size]).astype(np.uint8)
+
+
+def mass_offsets(fitted: np.ndarray, sizes: np.ndarray,
+                 size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Where each fitted digit's top-left corner goes in the size x size field: int [n]
+    rows and columns."""
+    box = fitted.shape[1]
     positions = np.arange(box)
     # Plain sums, not products with ones: a symmetric digit's centre can sit exactly on a
     # half pixel, and a product's different order of additions tips its rounding the
@@ -530,8 +600,4 @@ def center_by_mass(fitted: np.ndarray, sizes: np.ndarray, size: int = IMAGE_SIZE
     middle = size / 2
     tops = np.clip(np.round(middle - center_row), 0, size - sizes[:, 0]).astype(np.int64)
     lefts = np.clip(np.round(middle - center_col), 0, size - sizes[:, 1]).astype(np.int64)
-    # Each digit goes in with the zeros beside it, into a field wide enough for any shift.
-    field = np.zeros((n, size + box, size + box), dtype=np.float32)
-    for i, (top, left) in enumerate(zip(tops.tolist(), lefts.tolist(), strict=True)):
-        field[i, top: top + box, left: left + box] = fitted[i]
-    return np.round(field[:, :size, :size]).astype(np.uint8)
+    return tops, lefts

@@ -4,14 +4,16 @@
 
 Prints a markdown table: decoding one small PNG the general way (Pillow) and the plain-PNG
 way (OpenCV), then the whole preparation (decode, normalise, centre) per image for batches
-of 1, 16 and 128. Median of several timed rounds, on one core, with glibc's allocator tuned
-as in the server processes (app.allocator): without it each large temporary is a fresh
-mapping whose pages fault in, which the server does not pay.
+of 1, 16 and 128, normalised by numpy and by the compiled loops of app.kernels. Median of
+several timed rounds, on one core, with glibc's allocator tuned as in the server processes
+(app.allocator): without it each large temporary is a fresh mapping whose pages fault in,
+which the server does not pay.
 
 `--digests` prints instead a hash of the digits prepared from each of bench.accuracy's
 sets (10,734 images in all) and from 140 symmetric drawings, whose centre of mass can fall
 exactly on a half pixel (where a different order of additions tips the rounding): a change
-meant to make preprocessing faster, not different, keeps them.
+meant to make preprocessing faster, not different, keeps them. Each set is hashed twice,
+normalised by numpy and by the compiled loops of app.kernels, which must agree.
 """
 
 from __future__ import annotations
@@ -86,10 +88,17 @@ def digests() -> None:
     """sha256 of each set's prepared digits and refusals, in file order."""
     from bench.accuracy import SETS, prepared
 
+    print(f"{'set':12} {'images':>6}  {'numpy':16}  {'compiled':16}")
     for name, make in {**SETS, "symmetric": symmetric_drawings}.items():
-        digits, refused = prepared(make()[0])
-        digest = hashlib.sha256(digits.tobytes() + refused.tobytes()).hexdigest()
-        print(f"{name:12} {len(digits):5} images  {digest[:16]}")
+        blobs = make()[0]
+        found = []
+        for compiled in (False, True):
+            preprocessing.use_compiled_kernels(compiled)
+            digits, refused = prepared(blobs)
+            found.append(hashlib.sha256(digits.tobytes() + refused.tobytes()).hexdigest())
+        same = "" if found[0] == found[1] else "  DIFFERENT"
+        print(f"{name:12} {len(blobs):6}  {found[0][:16]}  {found[1][:16]}{same}")
+    preprocessing.use_compiled_kernels(False)
 
 
 def main() -> None:
@@ -112,11 +121,16 @@ def main() -> None:
         ("decode one 28×28 PNG: plain-PNG path (OpenCV)", microseconds_per_image(
             lambda: decoding._decode_fast_png(one, header), 1)),
     ]
-    for size in (1, 16, 128):
-        rows.append((f"prepare a batch of {size}: inspect + decode + normalise + centre",
-                     microseconds_per_image(
-                         lambda size=size: preprocessing.prepare_images(blobs[:size], LIMITS),
-                         size)))
+    for compiled in (False, True):
+        preprocessing.use_compiled_kernels(compiled)
+        how = "compiled loops (server processes)" if compiled else "numpy (decoder processes)"
+        for size in (1, 16, 128):
+            rows.append((f"prepare a batch of {size}, {how}: inspect + decode + normalise",
+                         microseconds_per_image(
+                             lambda size=size: preprocessing.prepare_images(blobs[:size],
+                                                                            LIMITS),
+                             size)))
+    preprocessing.use_compiled_kernels(False)
     print("| step | µs per image |\n|---|---:|")
     for name, cost in rows:
         print(f"| {name} | {cost:.1f} |")

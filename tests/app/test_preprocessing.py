@@ -13,6 +13,17 @@ from tests.images import draw_one, encode, seven
 LIMITS = DecodeLimits()
 
 
+@pytest.fixture(autouse=True, params=["numpy", "compiled"])
+def normalisation(request, monkeypatch):
+    """Every test here runs with both normalisations: numpy's (the decoder processes) and
+    the compiled loops of app.kernels (the server processes)."""
+    from app import kernels
+
+    if request.param == "compiled":
+        kernels.warm_up()
+    monkeypatch.setattr(pp, "_kernels", kernels if request.param == "compiled" else None)
+
+
 def center_of_mass(pixels: np.ndarray) -> tuple[float, float]:
     rows, cols = np.indices(pixels.shape)
     total = pixels.sum()
