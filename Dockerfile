@@ -38,6 +38,11 @@ COPY training/ training/
 COPY app/ app/
 # The committed models; mount a volume on /srv/models to serve others.
 COPY models/ models/
+# The compiled preprocessing loops (app/kernels.py), built now so that a container does not
+# spend its first seconds compiling them; the cache stays the service's to write, for a
+# machine whose CPU differs from this one's.
+RUN python -c "from app import kernels; kernels.warm_up()" \
+ && chown -R 10001 /tmp/numba-cache
 USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \

@@ -31,6 +31,9 @@ from app import preprocessing as steps
 
 def normalize(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`app.preprocessing.normalize`, with the loops below."""
+    # The loops are compiled for writable C-ordered arrays (warm_up); anything else would
+    # compile another version while a request waits.
+    grays = np.require(grays, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])
     ink, found = light_on_dark(grays, steps.frame_depth(grays.shape), steps.NOISE_SCALE,
                                steps.LOW_QUANTILE, steps.HIGH_QUANTILE, steps.MIN_CONTRAST)
     if not found.any():
@@ -55,34 +58,43 @@ def fit_in_box(ink: np.ndarray, box: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Weights(threading.local):
-    """Every Lanczos matrix this thread has used, laid end to end (`flat`), and where each
-    starts: offsets[length, out_length], -1 until it is added. Per thread, since the batch
-    threads and the event loop normalise at once."""
+    """The Lanczos matrices this thread has used, laid end to end in `flat` (a fixed
+    capacity: adding one copies only it), and where each starts: offsets[length,
+    out_length], -1 until it is added. Per thread, since the batch threads and the event
+    loop normalise at once."""
 
     MAX_LENGTH = 1024
-    MAX_VALUES = 1 << 22  # 16 MB; past it the store starts afresh
+    CAPACITY = 1 << 20  # floats, 4 MB; a full store starts afresh
 
     def __init__(self):
-        self.clear()
+        self.offsets = np.full((self.MAX_LENGTH + 1, steps.WORKING_BOX + 1), -1, np.int64)
+        self.flat = np.zeros(self.CAPACITY, np.float32)
+        self.used = 0
 
     def clear(self) -> None:
-        self.offsets = np.full((self.MAX_LENGTH + 1, steps.WORKING_BOX + 1), -1, np.int64)
-        self.flat = np.zeros(0, np.float32)
+        self.offsets.fill(-1)
+        self.used = 0
 
-    def add(self, lengths: np.ndarray, out_lengths: np.ndarray) -> None:
-        """Store every (length, out_length) pair's weights that is not stored yet."""
-        pairs = set(zip(lengths.tolist(), out_lengths.tolist(), strict=True))
-        needed = sum(length * out for length, out in pairs if self.offsets[length, out] < 0)
-        if self.flat.size + needed > self.MAX_VALUES:
+    def add(self, lengths: np.ndarray, out_lengths: np.ndarray) -> bool:
+        """Store the weights of every (length, out_length) pair not stored yet; False if
+        they are more than the store holds, with none of them added."""
+        pairs = {pair for pair in zip(lengths.tolist(), out_lengths.tolist(), strict=True)
+                 if self.offsets[pair] < 0}
+        needed = sum(length * out for length, out in pairs)
+        if needed > self.CAPACITY:
+            return False
+        if self.used + needed > self.CAPACITY:
             self.clear()
-        matrices = [self.flat]
-        size = self.flat.size
+            pairs = set(zip(lengths.tolist(), out_lengths.tolist(), strict=True))
+            needed = sum(length * out for length, out in pairs)
+            if needed > self.CAPACITY:
+                return False
         for length, out in pairs:
-            if self.offsets[length, out] < 0:
-                self.offsets[length, out] = size
-                matrices.append(steps.lanczos_weights(length, out).ravel())
-                size += length * out
-        self.flat = np.concatenate(matrices)
+            self.flat[self.used: self.used + length * out] = (
+                steps.lanczos_weights(length, out).ravel())
+            self.offsets[length, out] = self.used
+            self.used += length * out
+        return True
 
 
 _weights = _Weights()
@@ -95,14 +107,13 @@ def _resampling(firsts: np.ndarray, lasts: np.ndarray, out_lengths: np.ndarray, 
     lengths = lasts - firsts + 1
     matrices = np.zeros((len(firsts), box, extent), np.float32)
     if extent <= _Weights.MAX_LENGTH and box <= steps.WORKING_BOX:
-        if place_weights(matrices, firsts, lengths, out_lengths, _weights.offsets,
-                         _weights.flat):
+        store = _weights
+        if place_weights(matrices, firsts, lengths, out_lengths, store.offsets, store.flat):
             return matrices
-        _weights.add(lengths, out_lengths)
-        if place_weights(matrices, firsts, lengths, out_lengths, _weights.offsets,
-                         _weights.flat):
+        if store.add(lengths, out_lengths) and place_weights(
+                matrices, firsts, lengths, out_lengths, store.offsets, store.flat):
             return matrices
-    # A large photo, or more sizes at once than the store keeps: one at a time.
+    # A large photo, or more sizes at once than the store holds: one at a time.
     for i, (first, length, out) in enumerate(zip(
             firsts.tolist(), lengths.tolist(), out_lengths.tolist(), strict=True)):
         matrices[i, :out, first: first + length] = steps.lanczos_weights(length, out)
@@ -315,11 +326,14 @@ def place_weights(matrices: np.ndarray, firsts: np.ndarray, lengths: np.ndarray,
     for i in range(len(matrices)):
         if offsets[lengths[i], out_lengths[i]] < 0:
             return False
+    extent = matrices.shape[2]
     for i in range(len(matrices)):
         length, out, first = lengths[i], out_lengths[i], firsts[i]
         offset = offsets[length, out]
+        # Cut at the edge, as numpy's slice is: a digit with no stroke pixel has its span
+        # start just past it (it is never found, but this loop must not write outside).
         for row in range(out):
-            for column in range(length):
+            for column in range(min(length, extent - first)):
                 matrices[i, row, first + column] = flat[offset + row * length + column]
     return True
 

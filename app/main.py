@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             publish=functools.partial(setattr, service, "registry"),
             on_load=metrics.model_loaded, on_retire=metrics.model_retired)
         await watcher.refresh()
-        preprocessing.use_compiled_kernels()
+        preprocessing.use_compiled_kernels(settings.compiled_preprocessing)
         # TensorFlow leaves hundreds of thousands of long-lived objects on the Python heap;
         # each full garbage collection would walk them all (a pause of a tenth of a second
         # or more). Freezing moves them out of the collector's sight.

@@ -147,12 +147,17 @@ def use_compiled_kernels(enabled: bool = True) -> None:
     of a second to start, and decoders are replaced after every image that overruns its
     limits."""
     global _kernels
+    _kernels = None
     if not enabled:
-        _kernels = None
         return
-    from app import kernels
+    try:
+        from app import kernels
 
-    kernels.warm_up()
+        kernels.warm_up()
+    except Exception:  # noqa: BLE001 - a damaged cache or a full disk must not stop the service
+        logger.exception("the compiled normalisation could not be loaded (numba's cache is "
+                         "in NUMBA_CACHE_DIR or app/__pycache__); normalising with numpy")
+        return
     _kernels = kernels
 
 

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
         default_factory=lambda: min(4, os.cpu_count() or 1), ge=0,
         description="Sandboxed processes decoding every image but small plain PNGs; 0 decodes "
         "everything in the server process, without memory or time limits (not for production).")
+    compiled_preprocessing: bool = Field(
+        True, description="Normalise digits in the server processes with compiled loops "
+        "(app/kernels.py: the same digits for less CPU; numba adds about 150 MB to each "
+        "process); false: numpy only.")
     runtime: Runtime = Field(
         Runtime.auto, description="auto: LiteRT on CPU for versions with model.tflite, "
         "TensorFlow otherwise (GPU); litert or tensorflow to force one.")

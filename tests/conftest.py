@@ -13,11 +13,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # The compiled loops of app.kernels run unchecked in the service. Here (and in the servers
 # the tests start, which inherit the environment) they check every index, so that one out
-# of range fails a test instead of reading past an array; numba's cache does not tell the
-# two builds apart, so the checked ones get a cache of their own.
-os.environ.setdefault("NUMBA_BOUNDSCHECK", "1")
-os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(tempfile.gettempdir(),
-                                                      "digits-numba-checked"))
+# of range fails a test instead of reading past an array. numba's cache does not tell the
+# two builds apart, so the checked ones always get a cache of their own, whatever the
+# environment says (the Docker image sets NUMBA_CACHE_DIR for the service's).
+os.environ["NUMBA_BOUNDSCHECK"] = "1"
+os.environ["NUMBA_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), "digits-numba-checked")
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist-train.npz"
 
 

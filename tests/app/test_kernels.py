@@ -15,15 +15,20 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from app import kernels
 from app import preprocessing as pp
-from tests.images import draw_one
+from tests.images import draw_one, encode, seven
 
 
 @pytest.fixture(scope="module", autouse=True)
 def compiled():
     kernels.warm_up()
+
+
+def seven_png() -> bytes:
+    return encode(Image.fromarray(seven()))
 
 
 def with_numpy(grays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,18 +130,61 @@ def test_they_agree_on_a_drawn_digit_and_a_photo_sized_page():
 
 def test_a_full_store_of_resampling_weights_starts_afresh(monkeypatch):
     """The weights of every digit size a thread met are kept up to a bound; past it the
-    store is emptied and refilled, and the digits stay the same."""
-    monkeypatch.setattr(kernels._Weights, "MAX_VALUES", 3000)
-    kernels._weights.clear()
+    store is emptied and refilled (or, for a stack needing more than it holds, bypassed),
+    and the digits stay the same."""
+    monkeypatch.setattr(kernels, "_weights", _SmallStore())
     rng = np.random.default_rng(7)
-    for size in (20, 31, 45, 58, 64, 20):
+    clears = 0
+    for size in (20, 31, 45, 58, 64, 20, 70):
         grays = np.zeros((3, size, size), np.uint8)
         for i, pen in enumerate((1, 3, 6)):
             cv2.line(grays[i], (int(rng.integers(size)), 0), (int(rng.integers(size)), size - 1),
                      255, pen)
+        used = kernels._weights.used
         assert_same(grays)
-    assert kernels._weights.flat.size <= 3000
-    kernels._weights.clear()
+        clears += kernels._weights.used < used
+        assert kernels._weights.used <= _SmallStore.CAPACITY
+    assert clears > 0
+
+
+class _SmallStore(kernels._Weights):
+    CAPACITY = 3000
+
+
+def test_a_digit_without_strokes_is_resampled_as_numpy_does():
+    """No pixel at stroke level: the box starts past the image's edge. Never found as a
+    digit, but the loops must not write outside their arrays (the tests check bounds)."""
+    ink = np.zeros((2, 30, 30), np.float32)
+    ink[1, 0, :] = 40.0  # faint, below STROKE_LEVEL
+    expected, expected_sizes = pp.fit_in_box(ink, pp.find_digit_boxes(ink), pp.WORKING_BOX)
+    fitted, sizes = kernels.fit_in_box(ink, pp.WORKING_BOX)
+    np.testing.assert_array_equal(sizes, expected_sizes)
+    np.testing.assert_array_equal(fitted, expected)
+
+
+def test_a_service_whose_compiled_loops_cannot_load_normalises_with_numpy(settings, monkeypatch):
+    """A damaged numba cache or a full disk makes loading the loops fail: the service starts
+    anyway, with numpy, and says why."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    def damaged():
+        raise EOFError("Ran out of input")  # what a truncated cache index raises
+
+    monkeypatch.setattr(kernels, "warm_up", damaged)
+    logged = []
+    monkeypatch.setattr(pp.logger, "exception", lambda message, *args: logged.append(message))
+    try:
+        with TestClient(create_app(settings)) as client:
+            assert pp._kernels is None
+            response = client.post("/predict",
+                                   files={"file": ("seven.png", seven_png(), "image/png")})
+            assert response.status_code == 200, response.text
+        assert any("normalising with numpy" in message for message in logged)
+    finally:
+        monkeypatch.undo()
+        pp.use_compiled_kernels()
 
 
 def test_threads_normalising_at_once_get_the_same_digits():
@@ -184,15 +232,27 @@ def test_they_agree_when_an_edge_is_exactly_a_quarter_paper():
 def test_the_server_normalises_with_the_compiled_loops(client, monkeypatch):
     """The app's start-up switches its process to app.kernels; an upload is then prepared
     by them (a spy counts the calls) and answered as before."""
-    from PIL import Image
-
-    from tests.images import encode, seven
-
     assert pp._kernels is kernels
     calls = []
     real = kernels.normalize
     monkeypatch.setattr(kernels, "normalize", lambda grays: calls.append(len(grays)) or real(grays))
-    png = encode(Image.fromarray(seven()))
-    response = client.post("/predict", files={"file": ("seven.png", png, "image/png")})
+    response = client.post("/predict", files={"file": ("seven.png", seven_png(), "image/png")})
     assert response.status_code == 200, response.text
     assert calls == [1]
+
+
+def test_the_compiled_loops_can_be_turned_off(settings):
+    """DIGITS_COMPILED_PREPROCESSING=false: numpy only (numba's memory saved)."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    try:
+        with TestClient(create_app(settings.model_copy(
+                update={"compiled_preprocessing": False}))) as numpy_only:
+            assert pp._kernels is None
+            response = numpy_only.post("/predict",
+                                       files={"file": ("seven.png", seven_png(), "image/png")})
+            assert response.status_code == 200, response.text
+    finally:
+        pp.use_compiled_kernels()
