@@ -256,3 +256,16 @@ def test_the_compiled_loops_can_be_turned_off(settings):
             assert response.status_code == 200, response.text
     finally:
         pp.use_compiled_kernels()
+
+
+def test_they_agree_when_a_box_is_trimmed_at_exactly_its_share():
+    """500 stroke pixels: 500 x 0.998 is exactly 499 in float64, and the row where 499 of
+    them are reached ends the box (numpy counts rows short of the share with `<`), so
+    the stray pixel further down stays outside it."""
+    ink = np.zeros((1, 50, 50), np.float32)
+    ink[0, 10:29, 10:35] = 255.0  # 19 rows of 25
+    ink[0, 29, 10:34] = 255.0  # 24 more: 499
+    ink[0, 40, 20] = 255.0  # the 500th
+    boxes, sizes = kernels.boxes_and_sizes(ink, pp.WORKING_BOX, pp.STROKE_LEVEL, pp.CROP_TRIM)
+    np.testing.assert_array_equal(boxes, pp.find_digit_boxes(ink))
+    assert boxes[0, 1] == 29
