@@ -77,20 +77,16 @@ class _Weights(threading.local):
         self.used = 0
 
     def add(self, lengths: np.ndarray, out_lengths: np.ndarray) -> bool:
-        """Store the weights of every (length, out_length) pair not stored yet; False if
-        they are more than the store holds, with none of them added."""
-        pairs = {pair for pair in zip(lengths.tolist(), out_lengths.tolist(), strict=True)
-                 if self.offsets[pair] < 0}
-        needed = sum(length * out for length, out in pairs)
-        if needed > self.CAPACITY:
-            return False
-        if self.used + needed > self.CAPACITY:
-            self.clear()
-            pairs = set(zip(lengths.tolist(), out_lengths.tolist(), strict=True))
-            needed = sum(length * out for length, out in pairs)
-            if needed > self.CAPACITY:
+        """Store the weights of every (length, out_length) pair not stored yet, starting
+        afresh if they don't fit; False if the pairs need more than the whole store."""
+        pairs = set(zip(lengths.tolist(), out_lengths.tolist(), strict=True))
+        missing = [pair for pair in pairs if self.offsets[pair] < 0]
+        if self.used + sum(length * out for length, out in missing) > self.CAPACITY:
+            if sum(length * out for length, out in pairs) > self.CAPACITY:
                 return False
-        for length, out in pairs:
+            self.clear()
+            missing = list(pairs)
+        for length, out in missing:
             self.flat[self.used: self.used + length * out] = (
                 steps.lanczos_weights(length, out).ravel())
             self.offsets[length, out] = self.used
@@ -106,19 +102,16 @@ def _resampling(firsts: np.ndarray, lasts: np.ndarray, out_lengths: np.ndarray, 
     """float32 [n, box, extent]: the Lanczos weights resampling each digit's span
     (firsts[i] to lasts[i]) to out_lengths[i] pixels, zeros elsewhere."""
     lengths = lasts - firsts + 1
-    matrices = np.zeros((len(firsts), box, extent), np.float32)
     if extent <= _Weights.MAX_LENGTH and box <= steps.WORKING_BOX:
+        matrices = np.zeros((len(firsts), box, extent), np.float32)
         store = _weights
         if place_weights(matrices, firsts, lengths, out_lengths, store.offsets, store.flat):
             return matrices
         if store.add(lengths, out_lengths) and place_weights(
                 matrices, firsts, lengths, out_lengths, store.offsets, store.flat):
             return matrices
-    # A large photo, or more sizes at once than the store holds: one at a time.
-    for i, (first, length, out) in enumerate(zip(
-            firsts.tolist(), lengths.tolist(), out_lengths.tolist(), strict=True)):
-        matrices[i, :out, first: first + length] = steps.lanczos_weights(length, out)
-    return matrices
+    # A large photo, or more sizes at once than the store holds: numpy's way.
+    return steps.resampling_matrices(firsts, lengths, out_lengths, box, extent)
 
 
 def warm_up() -> None:

@@ -424,18 +424,24 @@ def fit_in_box(ink: np.ndarray, boxes: np.ndarray,
     n, height, width = ink.shape
     top, _, left, _ = boxes.T
     heights, widths, sizes = fitted_sizes(boxes, box)
-    rows = np.zeros((n, box, height), dtype=np.float32)
-    cols = np.zeros((n, box, width), dtype=np.float32)
-    spans = zip(top.tolist(), heights.tolist(), left.tolist(), widths.tolist(), sizes.tolist(),
-                strict=True)
-    for i, (y, h, x, w, (out_h, out_w)) in enumerate(spans):
-        rows[i, :out_h, y: y + h] = lanczos_weights(h, out_h)
-        cols[i, :out_w, x: x + w] = lanczos_weights(w, out_w)
+    rows = resampling_matrices(top, heights, sizes[:, 0], box, height)
+    cols = resampling_matrices(left, widths, sizes[:, 1], box, width)
     fitted = rows @ ink @ cols.transpose(0, 2, 1)
     np.clip(fitted, 0.0, 255.0, out=fitted)
     peak = fitted.max(axis=(1, 2))
     fitted *= _per_image(255.0 / np.where(peak > 0, peak, 1.0))
     return fitted, sizes
+
+
+def resampling_matrices(starts: np.ndarray, lengths: np.ndarray, out_lengths: np.ndarray,
+                        box: int, extent: int) -> np.ndarray:
+    """float32 [n, box, extent]: matrix i resamples the lengths[i] pixels from starts[i] to
+    out_lengths[i] pixels (its first rows; Lanczos weights), with zeros elsewhere."""
+    matrices = np.zeros((len(starts), box, extent), dtype=np.float32)
+    spans = zip(starts.tolist(), lengths.tolist(), out_lengths.tolist(), strict=True)
+    for i, (start, length, out) in enumerate(spans):
+        matrices[i, :out, start: start + length] = lanczos_weights(length, out)
+    return matrices
 
 
 WORKING_BOX = 40
