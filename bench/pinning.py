@@ -60,7 +60,7 @@ def measure(pinned: str, seconds: int, digits, single: bytes, batch: bytes) -> d
             "images_per_s_64": batches["requests_per_s"] * len(digits),
             "grpc_per_s": grpc["requests_per_s"],
             # perf_analyzer reports its stable windows' rate: spread the server's cores over it.
-            "grpc_cpu_us": grpc_cores / grpc["requests_per_s"] * 1e6 if grpc["errors"] == 0
+            "grpc_cpu_us": grpc_cores / grpc["requests_per_s"] * 1e6 if grpc["requests_per_s"]
             else float("nan"),
             "grpc_p99_ms": grpc["p99_ms"], "client_cores": grpc.get("client_cores", 0.0),
             # Why perf_analyzer gave no figure (most often: no stable throughput in its trials).
