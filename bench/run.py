@@ -226,7 +226,14 @@ def run(seconds: int, out_dir: Path) -> dict:
         results["service_rss_mb_ready"] = rss_mb(process.pid)
         wrk(base + "/predict", single, 32, 2)
         results["service"] = {c: wrk(base + "/predict", single, c, seconds) for c in CONCURRENCY}
+        # This machine's speed drifts by 10-20% within a minute, the model's and the
+        # service's apart: the ceiling that the 64-image row is compared with is measured
+        # right before and right after it (the service idle meanwhile), and their mean used.
+        model_dir = REPO / "models" / MODEL / str(version)
+        around = [raw_ceiling(model_dir, digits, seconds / 2)["batch_128_images_per_s"]]
         results["service_batch64"] = wrk(base + "/predict", batch64, 8, seconds)
+        around.append(raw_ceiling(model_dir, digits, seconds / 2)["batch_128_images_per_s"])
+        results["raw_around_batch64"] = around
         # The standard protocols, driven by Triton's perf_analyzer (bench/perf_analyzer.py):
         # FP32 [1, 28, 28, 1] tensors to the same server.
         print("digit-service over Open Inference Protocol v2 (perf_analyzer)…", flush=True)
@@ -256,7 +263,7 @@ def check_targets(r: dict) -> list[dict]:
          at32["requests_per_s"] / r["naive"]["requests_per_s"], 50, "ratio"),
         ("p50 at c=1 (ms, at most)", at1["p50_ms"], 3.0, "max"),
         ("64-image requests vs raw batch-128 ceiling (images/s)",
-         batch_images / r["raw"]["batch_128_images_per_s"], 0.4, "ratio"),
+         batch_images / ceiling_for_batch64(r), 0.4, "ratio"),
         ("p99 at c=64 (ms, at most)", at64["p99_ms"], 100.0, "max"),
         ("OIP v2 gRPC req/s at c=32 vs /predict at c=32",
          r["oip_grpc"][32]["requests_per_s"] / at32["requests_per_s"], 1.0, "ratio"),
@@ -269,6 +276,13 @@ def check_targets(r: dict) -> list[dict]:
     return [{"target": name, "measured": value, "goal": goal,
              "met": value <= goal if kind == "max" else value >= goal}
             for name, value, goal, kind in targets]
+
+
+def ceiling_for_batch64(r: dict) -> float:
+    """The raw batch-128 ceiling measured around the 64-image row (older results: once,
+    at the start of the run)."""
+    around = r.get("raw_around_batch64") or [r["raw"]["batch_128_images_per_s"]]
+    return sum(around) / len(around)
 
 
 def _p99(measured: dict) -> float:
@@ -320,7 +334,10 @@ def markdown(r: dict) -> str:
         "", f"The raw model as the service runs it ({raw.get('runtime', 'tensorflow')}), "
         "in-process: "
         f"{raw['batch_1_images_per_s']:,.0f} images/s at batch 1, "
-        f"{raw['batch_128_images_per_s']:,.0f} images/s at batch 128.",
+        f"{raw['batch_128_images_per_s']:,.0f} images/s at batch 128"
+        + (", and " + " and ".join(f"{c:,.0f}" for c in r["raw_around_batch64"])
+           + " at batch 128 right before and after the 64-image row (their mean is that "
+           "row's ceiling)." if r.get("raw_around_batch64") else "."),
         f"Service cold start to ready: {r['service_cold_start_s']:.1f} s; RSS (with its workers) "
         f"{r['service_rss_mb_ready']:.0f} MiB when ready, {r['service_rss_mb_after']:.0f} MiB "
         "after the runs.", "",
