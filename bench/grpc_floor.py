@@ -12,7 +12,7 @@ one FP32 [1, 28, 28, 1] tensor per ModelInfer call at 32 concurrent requests:
 Alternating rounds; prints each server's calls/s and the CPU it spent per call (its
 user and system time over the calls perf_analyzer counted), which drifts less than
 throughput. What separates the bare servers from the service is the service's own work;
-what the bare `aio` server costs is grpc's.
+what the bare `aio` server costs is grpc's. Writes bench/results/grpc-floor-<date>.md.
 
     python -m bench.grpc_floor [--rounds 3] [--seconds 6]
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -160,7 +161,11 @@ def main() -> None:
             stack.callback(process.terminate)
             wait_until_serving(port)
             ports[name] = (port, process.pid)
-        print("| round | server | calls/s | server CPU µs per call |\n|---:|---|---:|---:|")
+        lines = ["# A gRPC call's cost to the server, with nothing behind it", "",
+                 "`python -m bench.grpc_floor`: each server pinned to one core, perf_analyzer "
+                 "on the other at c=32 (see the module's docstring).", "",
+                 "| round | server | calls/s | server CPU µs per call |", "|---:|---|---:|---:|"]
+        print("\n".join(lines), flush=True)
         for round_ in range(1, args.rounds + 1):
             for name, (port, pid) in ports.items():
                 before, started = cpu_seconds(pid), time.monotonic()
@@ -169,7 +174,10 @@ def main() -> None:
                 cores = (cpu_seconds(pid) - before) / (time.monotonic() - started)
                 rate = measured["requests_per_s"]
                 cost = f"{cores / rate * 1e6:.0f}" if rate else "(unstable)"
-                print(f"| {round_} | {name} | {rate:,.0f} | {cost} |", flush=True)
+                lines.append(f"| {round_} | {name} | {rate:,.0f} | {cost} |")
+                print(lines[-1], flush=True)
+    out = REPO / "bench" / "results" / f"grpc-floor-{dt.date.today().isoformat()}.md"
+    out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
