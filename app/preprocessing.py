@@ -143,7 +143,7 @@ _kernels = None
 def use_compiled_kernels(enabled: bool = True) -> None:
     """Normalise with app.kernels in this process from now on (or, with False, with numpy
     again): the same digits, bit for bit, for less CPU. The server processes do; the
-    decoder processes don't, since numba costs a process about 150 MB and 0.15 s to load,
+    decoder processes don't, since numba costs a process about 130 MB and 0.15 s to load,
     and decoders are replaced after every image that overruns its limits. If the loops
     cannot be loaded (a damaged cache, a full disk), the process keeps numpy."""
     global _kernels

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
         "everything in the server process, without memory or time limits (not for production).")
     compiled_preprocessing: bool = Field(
         True, description="Normalise digits in the server processes with compiled loops "
-        "(app/kernels.py: the same digits for less CPU; numba adds about 150 MB to each "
+        "(app/kernels.py: the same digits for less CPU; numba adds about 130 MB to each "
         "process); false: numpy only.")
     runtime: Runtime = Field(
         Runtime.auto, description="auto: LiteRT on CPU for versions with model.tflite, "
