@@ -175,15 +175,16 @@ def rss_mb(pid: int) -> float:
 
 # --- the measurements ---------------------------------------------------------------------
 
-def raw_ceiling(model_path: Path, digits: np.ndarray, seconds: float) -> dict:
+def raw_ceiling(model_path: Path, digits: np.ndarray, seconds: float,
+                batch_sizes: tuple[int, ...] = (1, 128)) -> dict:
     """The model as the service runs it (LiteRT on CPU where the version has its file),
-    in-process, with every core: images/s at batch 1 and 128."""
+    in-process, with every core: images/s at each batch size (`seconds` for each)."""
     from app.runtimes import Runtime, choose, load
 
     runtime = choose(Runtime.auto, "/CPU:0", model_path)
     run, _keep = load(runtime, model_path, "/CPU:0", os.cpu_count() or 1)
     results: dict = {"runtime": runtime.value}
-    for batch_size in (1, 128):
+    for batch_size in batch_sizes:
         batch = np.resize(digits, (batch_size, 28, 28, 1)).astype(np.float32) / 255
         run(batch)
         calls, started = 0, time.perf_counter()
@@ -205,8 +206,9 @@ def run(seconds: int, out_dir: Path) -> dict:
 
     print("raw model ceiling…", flush=True)
     version = max(list_versions(REPO / "models" / MODEL))
+    model_dir = REPO / "models" / MODEL / str(version)
     results["model"] = f"{MODEL} v{version}"
-    results["raw"] = raw_ceiling(REPO / "models" / MODEL / str(version), digits, seconds / 2)
+    results["raw"] = raw_ceiling(model_dir, digits, seconds / 2)
 
     print("HTTP floor…", flush=True)
     # The floor stays up (idle) until the service has been measured: the service's c=32
@@ -216,7 +218,7 @@ def run(seconds: int, out_dir: Path) -> dict:
         wrk(floor_base + "/predict", single, 32, 2)
         results["floor"] = wrk(floor_base + "/predict", single, 32, seconds)
         results["floor_bare"] = wrk(floor_base + "/bare", single, 32, seconds)
-        run_service(results, python, version, seconds, digits, single, batch64, logs,
+        run_service(results, python, model_dir, seconds, digits, single, batch64, logs,
                     floor_base)
     results["targets"] = check_targets(results)
     write_report(results, out_dir)
@@ -224,8 +226,9 @@ def run(seconds: int, out_dir: Path) -> dict:
     return results
 
 
-def run_service(results: dict, python: str, version: int, seconds: int, digits: np.ndarray,
-                single: bytes, batch64: bytes, logs: Path, floor_base: str) -> None:
+def run_service(results: dict, python: str, model_dir: Path, seconds: int,
+                digits: np.ndarray, single: bytes, batch64: bytes, logs: Path,
+                floor_base: str) -> None:
     """The naive service's row, then every digit-service row, into `results`."""
     print("naive model.predict service…", flush=True)
     with server([python, "-m", "uvicorn", "bench.naive_app:app", "--port", "{port}",
@@ -254,13 +257,14 @@ def run_service(results: dict, python: str, version: int, seconds: int, digits: 
         # This machine's speed drifts by 10-20% within a minute, the model's and the
         # service's apart: the ceiling that the 64-image row is compared with is measured
         # right before and right after it (the service idle meanwhile), and their mean used.
-        model_dir = REPO / "models" / MODEL / str(version)
-        around = [raw_ceiling(model_dir, digits, seconds / 2)["batch_128_images_per_s"]]
+        def ceiling() -> float:
+            return raw_ceiling(model_dir, digits, seconds / 2,
+                               (128,))["batch_128_images_per_s"]
+
+        around = [ceiling()]
         results["service_batch64"] = wrk(base + "/predict", batch64, 8, seconds)
-        around.append(raw_ceiling(model_dir, digits, seconds / 2)["batch_128_images_per_s"])
+        around.append(ceiling())
         results["raw_around_batch64"] = around
-        # The standard protocols, driven by Triton's perf_analyzer (bench/perf_analyzer.py):
-        # FP32 [1, 28, 28, 1] tensors to the same server.
         print("digit-service over Open Inference Protocol v2 (perf_analyzer)…", flush=True)
         results["oip_http"], results["oip_grpc"], results["predict_around_protocols"] = (
             protocol_rows(base, grpc_port, single, seconds, digits))
