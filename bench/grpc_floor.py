@@ -31,7 +31,7 @@ from concurrent import futures
 import grpc
 import numpy as np
 
-from app.protocols.models import model_config
+from app.protocols.oip_grpc import config_response
 from app.protocols.proto import inference_pb2 as pb
 from app.protocols.proto import inference_pb2_grpc as pb_grpc
 from bench import perf_analyzer
@@ -58,12 +58,7 @@ class BareService(pb_grpc.GRPCInferenceServiceServicer):
             outputs=[tensor(name="output_0", datatype="FP32", shape=[-1, 10])])
 
     def ModelConfig(self, request, context):
-        config = model_config(request.name, False, 64)
-        return pb.ModelConfigResponse(config=pb.ModelConfig(
-            name=config["name"], platform=config["platform"], backend=config["backend"],
-            max_batch_size=config["max_batch_size"],
-            input=[pb.ModelInput(**tensor) for tensor in config["input"]],
-            output=[pb.ModelOutput(**tensor) for tensor in config["output"]]))
+        return config_response(request.name, False, 64)
 
     def ModelInfer(self, request, context):
         response = pb.ModelInferResponse(model_name=request.model_name, model_version="1",

@@ -101,12 +101,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             _, image = resolve(self.service.registry, request.name, request.version or None)
         except ERRORS as error:
             await _abort(context, error)
-        config = model_config(request.name, image, self.settings.max_images_per_request)
-        return pb.ModelConfigResponse(config=pb.ModelConfig(
-            name=config["name"], platform=config["platform"], backend=config["backend"],
-            max_batch_size=config["max_batch_size"],
-            input=[pb.ModelInput(**tensor) for tensor in config["input"]],
-            output=[pb.ModelOutput(**tensor) for tensor in config["output"]]))
+        return config_response(request.name, image, self.settings.max_images_per_request)
 
     async def ModelInfer(self, request, context):
         started, code = time.perf_counter(), "OK"
@@ -142,6 +137,16 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
 
 PROTOCOL = "oip-grpc"
+
+
+def config_response(model: str, image: bool, max_batch_size: int) -> pb.ModelConfigResponse:
+    """`model_config` as the gRPC message."""
+    config = model_config(model, image, max_batch_size)
+    return pb.ModelConfigResponse(config=pb.ModelConfig(
+        name=config["name"], platform=config["platform"], backend=config["backend"],
+        max_batch_size=config["max_batch_size"],
+        input=[pb.ModelInput(**tensor) for tensor in config["input"]],
+        output=[pb.ModelOutput(**tensor) for tensor in config["output"]]))
 
 
 def _inputs(request, max_images: int) -> list[InputTensor]:
