@@ -19,8 +19,17 @@ from pathlib import Path
 
 import bench.run as bench_run
 from bench import perf_analyzer
-from bench.pinning import cpu_seconds
-from bench.run import MODEL, WORKERS, free_port, multipart, png, sample_digits, server, wrk
+from bench.run import (
+    MODEL,
+    WORKERS,
+    cpu_seconds,
+    free_port,
+    multipart,
+    png,
+    sample_digits,
+    server,
+    wrk,
+)
 
 PROTOCOLS = ("predict", "oip-grpc", "oip-http")
 

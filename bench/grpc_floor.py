@@ -35,8 +35,7 @@ from app.protocols.oip_grpc import config_response
 from app.protocols.proto import inference_pb2 as pb
 from app.protocols.proto import inference_pb2_grpc as pb_grpc
 from bench import perf_analyzer
-from bench.pinning import cpu_seconds
-from bench.run import MODEL, REPO, free_port, sample_digits
+from bench.run import MODEL, REPO, cpu_seconds, free_port, sample_digits
 
 SERVERS = {"aio": ["aio"], "aio + limit": ["aio", "limit"], "sync": ["sync"],
            "service": None}

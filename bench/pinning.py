@@ -13,31 +13,23 @@ perf_analyzer spent on itself.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from pathlib import Path
 
 from bench import perf_analyzer
-from bench.run import MODEL, WORKERS, free_port, multipart, png, sample_digits, server, wrk
+from bench.run import (
+    MODEL,
+    WORKERS,
+    cpu_seconds,
+    free_port,
+    multipart,
+    png,
+    sample_digits,
+    server,
+    wrk,
+)
 
 VARIANTS = {"pinned": "true", "unpinned": "false"}
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process and all its descendants, alive now."""
-    total, pending = 0.0, [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except FileNotFoundError:  # gone meanwhile
-            continue
-        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-        pending += [int(child) for child in children]
-    return total
 
 
 def measure(pinned: str, seconds: int, digits, single: bytes, batch: bytes) -> dict:

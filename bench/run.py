@@ -4,7 +4,9 @@ Everything is measured in one run on this machine, one server under load at a ti
 `wrk` as the load generator on loopback (and Triton's perf_analyzer for the standard
 protocols). This machine's speed drifts within minutes, so each ratio's two sides are
 measured next to each other: the floor and the raw ceiling right before and after the row
-they are compared with, `/predict` around the protocols' rows. Writes
+they are compared with, `/predict` around the protocols' rows. Every row of the service also
+gets the CPU its processes spent per request (from /proc), and the raw model its CPU per
+image: costs that the drift moves far less than throughput. Writes
 bench/results/<date>.md, .json and .png.
 
     python -m bench.run [--seconds 10] [--out bench/results]
@@ -19,6 +21,7 @@ import json
 import math
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -27,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +50,7 @@ WORKERS = os.cpu_count() or 1
 # What `POST /predict` serves: every service row, the raw ceiling and the protocol rows use
 # this model, so each comparison is between ways of serving the same network.
 MODEL = Settings().default_model.value
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 UVICORN_FAST = ["--loop", "uvloop", "--http", "httptools", "--no-access-log",
                 "--log-level", "warning"]
 
@@ -143,8 +148,11 @@ def wrk(url: str, body: bytes, connections: int, seconds: int,
                "EXTRA_HEADER": header}
         command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout",
                    "10s", "-s", str(REPO / "bench" / "post.lua"), url]
+        before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
         report = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
-    return parse_wrk(report)
+        after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic() - started
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return {**parse_wrk(report), "client_cores": round(cpu / wall, 2)}
 
 
 def parse_wrk(report: str) -> dict:
@@ -173,6 +181,21 @@ def rss_mb(pid: int) -> float:
     return own + sum(rss_mb(int(child)) for child in children)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process and all its descendants, alive now."""
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except FileNotFoundError:  # gone meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        pending += [int(child) for child in children]
+    return total
+
+
 # --- the measurements ---------------------------------------------------------------------
 
 def raw_ceiling(model_path: Path, digits: np.ndarray, seconds: float,
@@ -187,12 +210,15 @@ def raw_ceiling(model_path: Path, digits: np.ndarray, seconds: float,
     for batch_size in batch_sizes:
         batch = np.resize(digits, (batch_size, 28, 28, 1)).astype(np.float32) / 255
         run(batch)
-        calls, started = 0, time.perf_counter()
+        calls, started, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - started < seconds:
             run(batch)
             calls += 1
         results[f"batch_{batch_size}_images_per_s"] = calls * batch_size / (
             time.perf_counter() - started)
+        # The model's threads are this process's: its CPU time is the model's.
+        results[f"batch_{batch_size}_cpu_us_per_image"] = (
+            (time.process_time() - cpu) / (calls * batch_size) * 1e6)
     return results
 
 
@@ -249,29 +275,30 @@ def run_service(results: dict, python: str, model_dir: Path, seconds: int,
             if concurrency == 32:
                 results["floor_around_c32"].append(
                     wrk(floor_base + "/predict", single, 32, seconds))
-            results["service"][concurrency] = wrk(base + "/predict", single, concurrency,
-                                                  seconds)
+            results["service"][concurrency] = with_server_cpu(process.pid, lambda c=concurrency: (
+                wrk(base + "/predict", single, c, seconds)))
             if concurrency == 32:
                 results["floor_around_c32"].append(
                     wrk(floor_base + "/predict", single, 32, seconds))
         # This machine's speed drifts by 10-20% within a minute, the model's and the
         # service's apart: the ceiling that the 64-image row is compared with is measured
         # right before and right after it (the service idle meanwhile), and their mean used.
-        def ceiling() -> float:
-            return raw_ceiling(model_dir, digits, seconds / 2,
-                               (128,))["batch_128_images_per_s"]
+        def ceiling() -> dict:
+            return raw_ceiling(model_dir, digits, seconds / 2, (128,))
 
         around = [ceiling()]
-        results["service_batch64"] = wrk(base + "/predict", batch64, 8, seconds)
+        results["service_batch64"] = with_server_cpu(process.pid, lambda: (
+            wrk(base + "/predict", batch64, 8, seconds)))
         around.append(ceiling())
-        results["raw_around_batch64"] = around
+        results["raw_around_batch64"] = [m["batch_128_images_per_s"] for m in around]
+        results["raw_cpu_around_batch64"] = [m["batch_128_cpu_us_per_image"] for m in around]
         print("digit-service over Open Inference Protocol v2 (perf_analyzer)…", flush=True)
         results["oip_http"], results["oip_grpc"], results["predict_around_protocols"] = (
-            protocol_rows(base, grpc_port, single, seconds, digits))
+            protocol_rows(base, grpc_port, process.pid, single, seconds, digits))
         results["service_rss_mb_after"] = rss_mb(process.pid)
 
 
-def protocol_rows(base: str, grpc_port: int, single: bytes, seconds: int,
+def protocol_rows(base: str, grpc_port: int, pid: int, single: bytes, seconds: int,
                   digits: np.ndarray) -> tuple[dict, dict, list[dict]]:
     """The standard protocols, driven by Triton's perf_analyzer (bench/perf_analyzer.py):
     FP32 [1, 28, 28, 1] tensors to the same server, at each concurrency. Their c=32 rows
@@ -281,14 +308,30 @@ def protocol_rows(base: str, grpc_port: int, single: bytes, seconds: int,
     def oip(protocol: str, concurrency: int) -> dict:
         url = (base.removeprefix("http://") if protocol == "http"
                else f"127.0.0.1:{grpc_port}")
-        return perf_analyzer.measure(url, protocol, MODEL, concurrency, seconds, digits)
+        return with_server_cpu(pid, lambda: perf_analyzer.measure(
+            url, protocol, MODEL, concurrency, seconds, digits))
 
-    around = [wrk(base + "/predict", single, 32, seconds)]
+    def predict() -> dict:
+        return with_server_cpu(pid, lambda: wrk(base + "/predict", single, 32, seconds))
+
+    around = [predict()]
     at32 = {protocol: oip(protocol, 32) for protocol in ("http", "grpc")}
-    around.append(wrk(base + "/predict", single, 32, seconds))
+    around.append(predict())
     http, grpc = ({c: at32[protocol] if c == 32 else oip(protocol, c) for c in CONCURRENCY}
                   for protocol in ("http", "grpc"))
     return http, grpc, around
+
+
+def with_server_cpu(pid: int, measure: Callable[[], dict]) -> dict:
+    """`measure()`'s result with the CPU the server (`pid`, its processes and decoders)
+    spent meanwhile: cores busy, and µs per request, which this machine's drift moves far
+    less than throughput (a run perf_analyzer could not measure has no rate: None)."""
+    before, started = cpu_seconds(pid), time.monotonic()
+    measured = measure()
+    cores = (cpu_seconds(pid) - before) / (time.monotonic() - started)
+    rate = measured["requests_per_s"]
+    return {**measured, "server_cores": round(cores, 2),
+            "server_cpu_us": round(cores / rate * 1e6, 1) if rate else None}
 
 
 def _floor_at_32(r: dict) -> float:
@@ -378,14 +421,16 @@ def markdown(r: dict) -> str:
         "one FP32 [1, 28, 28, 1] tensor of the same digits each) against the same digit-service. "
         f"Every digit-service row and the raw model are the default model, "
         f"{r.get('model', 'sequential')}. Reproduce: `make bench`.", "",
-        "| what | concurrency | req/s | images/s | p50 ms | p99 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| what | concurrency | req/s | images/s | p50 ms | p99 ms | errors "
+        "| server CPU µs/request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, concurrency, m in rows:
         images = m["requests_per_s"] * (64 if "64 images" in name else 1)
         errors = "unstable (not measured)" if m.get("unstable") else m["errors"]
+        cpu = f"{m['server_cpu_us']:,.0f}" if m.get("server_cpu_us") else ""
         lines.append(f"| {name} | {concurrency} | {m['requests_per_s']:,.0f} | {images:,.0f} | "
-                     f"{m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {errors} |")
+                     f"{m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {errors} | {cpu} |")
     raw = r["raw"]
     lines += [
         "", f"The raw model as the service runs it ({raw.get('runtime', 'tensorflow')}), "
@@ -403,6 +448,7 @@ def markdown(r: dict) -> str:
            + " and ".join(f"{m['requests_per_s']:,.0f}" for m in r["predict_around_protocols"])
            + " req/s (their mean is what those rows are compared with)."]
           if r.get("predict_around_protocols") else []),
+        *cpu_lines(r),
         f"Service cold start to ready: {r['service_cold_start_s']:.1f} s; RSS (with its workers) "
         f"{r['service_rss_mb_ready']:.0f} MiB when ready, {r['service_rss_mb_after']:.0f} MiB "
         "after the runs.", "",
@@ -412,6 +458,38 @@ def markdown(r: dict) -> str:
         lines.append(f"| {t['target']} | {t['measured']:.2f} | {t['goal']} | "
                      f"{'yes' if t['met'] else 'NO'} |")
     return "\n".join(lines) + "\n"
+
+
+def cpu_lines(r: dict) -> list[str]:
+    """What the rows cost the server in CPU, and what the load generators took for
+    themselves (older results: nothing)."""
+    predict = [m.get("server_cpu_us") for m in r.get("predict_around_protocols", [])]
+    if not predict or None in predict or not r.get("raw_cpu_around_batch64"):
+        return []
+    predict_us = sum(predict) / len(predict)
+
+    def against_predict(m: dict) -> str:
+        cost = m.get("server_cpu_us")
+        return (f"{cost:,.0f} ({cost / predict_us:.2f} of `/predict`'s)" if cost
+                else "not measured")
+
+    per_image = r["service_batch64"]["server_cpu_us"] / 64
+    model = sum(r["raw_cpu_around_batch64"]) / len(r["raw_cpu_around_batch64"])
+    protocols = [*r["oip_http"].values(), *r["oip_grpc"].values()]
+    analyzer = [m["client_cores"] for m in protocols if "client_cores" in m]
+    generators = [m["client_cores"] for m in [*r["service"].values(), r["service_batch64"]]
+                  if "client_cores" in m]
+    return [
+        "Server CPU (its processes and decoders, from /proc; it drifts less than throughput): "
+        f"at c=32, `/predict` {predict_us:,.0f} µs a request (the runs around the protocols'), "
+        f"OIP v2 HTTP {against_predict(r['oip_http'][32])}, gRPC "
+        f"{against_predict(r['oip_grpc'][32])}; with 64 images a request "
+        f"{per_image:,.1f} µs an image, against the raw model's own {model:,.1f} µs of CPU an "
+        f"image at batch 128 ({model / per_image:.2f} of it).",
+        f"The load generators' own CPU: wrk {min(generators):.2f}–{max(generators):.2f} of "
+        f"a core, perf_analyzer {min(analyzer, default=0):.2f}–{max(analyzer, default=0):.2f}, "
+        f"of the {r['cpus']} the servers share with them.",
+    ]
 
 
 def chart(r: dict, path: Path) -> None:
