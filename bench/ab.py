@@ -13,8 +13,8 @@ request, which drifts less than throughput.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-import time
 from pathlib import Path
 
 import bench.run as bench_run
@@ -22,12 +22,12 @@ from bench import perf_analyzer
 from bench.run import (
     MODEL,
     WORKERS,
-    cpu_seconds,
     free_port,
     multipart,
     png,
     sample_digits,
     server,
+    with_server_cpu,
     wrk,
 )
 
@@ -56,25 +56,23 @@ def main() -> None:
                         env={"DIGITS_LOG_LEVEL": "warning", "DIGITS_GRPC_PORT": str(grpc_port)},
                         processes=WORKERS) as (base, process, _):
                 drive(args, base, grpc_port, body, digits, 2)
-                before, started = cpu_seconds(process.pid), time.monotonic()
-                rate = drive(args, base, grpc_port, body, digits, 8)
-                cores = (cpu_seconds(process.pid) - before) / (time.monotonic() - started)
-                rates[side].append(round(rate))
-                costs[side].append(round(cores / rate * 1e6) if rate else 0)
+                measured = with_server_cpu(process.pid, functools.partial(
+                    drive, args, base, grpc_port, body, digits, 8))
+                rates[side].append(round(measured["requests_per_s"]))
+                costs[side].append(round(measured["server_cpu_us"] or 0))
             images = [rate * args.images for rate in rates[side]]
             print(f"{checkout}: {rates[side]} req/s ({images} images/s) at "
                   f"c={args.connections}, {args.protocol}, {args.images} image(s) per request; "
                   f"server CPU {costs[side]} µs per request", flush=True)
 
 
-def drive(args, base: str, grpc_port: int, body: bytes, digits, seconds: int) -> float:
-    """Requests/s of one run of the chosen load against the server at `base`."""
+def drive(args, base: str, grpc_port: int, body: bytes, digits, seconds: int) -> dict:
+    """One run of the chosen load against the server at `base` (its requests_per_s...)."""
     if args.protocol == "predict":
-        return wrk(base + "/predict", body, args.connections, seconds)["requests_per_s"]
+        return wrk(base + "/predict", body, args.connections, seconds)
     kind = args.protocol.removeprefix("oip-")
     url = f"127.0.0.1:{grpc_port}" if kind == "grpc" else base.removeprefix("http://")
-    return perf_analyzer.measure(url, kind, MODEL, args.connections, seconds,
-                                 digits)["requests_per_s"]
+    return perf_analyzer.measure(url, kind, MODEL, args.connections, seconds, digits)
 
 
 if __name__ == "__main__":

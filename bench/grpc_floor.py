@@ -35,7 +35,7 @@ from app.protocols.oip_grpc import config_response
 from app.protocols.proto import inference_pb2 as pb
 from app.protocols.proto import inference_pb2_grpc as pb_grpc
 from bench import perf_analyzer
-from bench.run import MODEL, REPO, cpu_seconds, free_port, sample_digits
+from bench.run import MODEL, REPO, free_port, sample_digits, with_server_cpu
 
 SERVERS = {"aio": ["aio"], "aio + limit": ["aio", "limit"], "sync": ["sync"],
            "service": None}
@@ -162,12 +162,10 @@ def main() -> None:
         print("\n".join(lines), flush=True)
         for round_ in range(1, args.rounds + 1):
             for name, (port, pid) in ports.items():
-                before, started = cpu_seconds(pid), time.monotonic()
-                measured = perf_analyzer.measure(f"127.0.0.1:{port}", "grpc", MODEL, 32,
-                                                 args.seconds, digits)
-                cores = (cpu_seconds(pid) - before) / (time.monotonic() - started)
-                rate = measured["requests_per_s"]
-                cost = f"{cores / rate * 1e6:.0f}" if rate else "(unstable)"
+                measured = with_server_cpu(pid, lambda port=port: perf_analyzer.measure(
+                    f"127.0.0.1:{port}", "grpc", MODEL, 32, args.seconds, digits))
+                rate, cost = measured["requests_per_s"], measured["server_cpu_us"]
+                cost = f"{cost:.0f}" if cost else "(unstable)"
                 lines.append(f"| {round_} | {name} | {rate:,.0f} | {cost} |")
                 print(lines[-1], flush=True)
     out = REPO / "bench" / "results" / f"grpc-floor-{dt.date.today().isoformat()}.md"

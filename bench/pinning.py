@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from bench import perf_analyzer
 from bench.run import (
     MODEL,
     WORKERS,
-    cpu_seconds,
     free_port,
     multipart,
     png,
     sample_digits,
     server,
+    with_server_cpu,
     wrk,
 )
 
@@ -39,21 +38,16 @@ def measure(pinned: str, seconds: int, digits, single: bytes, batch: bytes) -> d
                                 "DIGITS_GRPC_PORT": str(grpc_port)},
                 processes=WORKERS) as (base, process, _):
         wrk(base + "/predict", single, 32, 2)
-        before = cpu_seconds(process.pid)
-        native = wrk(base + "/predict", single, 32, seconds)
-        native_cpu = cpu_seconds(process.pid) - before
+        native = with_server_cpu(process.pid, lambda: wrk(base + "/predict", single, 32,
+                                                          seconds))
         batches = wrk(base + "/predict", batch, 8, seconds)
-        before, started = cpu_seconds(process.pid), time.monotonic()
-        grpc = perf_analyzer.measure(f"127.0.0.1:{grpc_port}", "grpc", MODEL, 32, seconds,
-                                     digits)
-        grpc_cores = (cpu_seconds(process.pid) - before) / (time.monotonic() - started)
+        grpc = with_server_cpu(process.pid, lambda: perf_analyzer.measure(
+            f"127.0.0.1:{grpc_port}", "grpc", MODEL, 32, seconds, digits))
     return {"predict_per_s": native["requests_per_s"],
-            "predict_cpu_us": native_cpu / native["requests"] * 1e6,
+            "predict_cpu_us": native["server_cpu_us"],
             "images_per_s_64": batches["requests_per_s"] * len(digits),
             "grpc_per_s": grpc["requests_per_s"],
-            # perf_analyzer reports its stable windows' rate: spread the server's cores over it.
-            "grpc_cpu_us": grpc_cores / grpc["requests_per_s"] * 1e6 if grpc["requests_per_s"]
-            else float("nan"),
+            "grpc_cpu_us": grpc["server_cpu_us"] or float("nan"),
             "grpc_p99_ms": grpc["p99_ms"], "client_cores": grpc.get("client_cores", 0.0),
             # Why perf_analyzer gave no figure (most often: no stable throughput in its trials).
             "grpc_failure": grpc.get("output", "").strip().splitlines()[-1:]}

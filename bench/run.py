@@ -196,6 +196,19 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def with_server_cpu(pid: int, measure: Callable[[], dict]) -> dict:
+    """`measure()`'s result with the CPU the server (`pid`, its processes and decoders)
+    spent meanwhile: cores busy, and µs per request, which this machine's drift moves far
+    less than throughput (a run perf_analyzer could not measure has no rate: None)."""
+    before, started = cpu_seconds(pid), time.monotonic()
+    measured = measure()
+    cores = (cpu_seconds(pid) - before) / (time.monotonic() - started)
+    rate = measured["requests_per_s"]
+    return {**measured, "server_cores": round(cores, 2),
+            "server_cpu_us": round(cores / rate * 1e6, 1) if rate else None}
+
+
+
 # --- the measurements ---------------------------------------------------------------------
 
 def raw_ceiling(model_path: Path, digits: np.ndarray, seconds: float,
@@ -320,18 +333,6 @@ def protocol_rows(base: str, grpc_port: int, pid: int, single: bytes, seconds: i
     http, grpc = ({c: at32[protocol] if c == 32 else oip(protocol, c) for c in CONCURRENCY}
                   for protocol in ("http", "grpc"))
     return http, grpc, around
-
-
-def with_server_cpu(pid: int, measure: Callable[[], dict]) -> dict:
-    """`measure()`'s result with the CPU the server (`pid`, its processes and decoders)
-    spent meanwhile: cores busy, and µs per request, which this machine's drift moves far
-    less than throughput (a run perf_analyzer could not measure has no rate: None)."""
-    before, started = cpu_seconds(pid), time.monotonic()
-    measured = measure()
-    cores = (cpu_seconds(pid) - before) / (time.monotonic() - started)
-    rate = measured["requests_per_s"]
-    return {**measured, "server_cores": round(cores, 2),
-            "server_cpu_us": round(cores / rate * 1e6, 1) if rate else None}
 
 
 def _floor_at_32(r: dict) -> float:
